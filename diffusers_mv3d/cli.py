@@ -1,22 +1,36 @@
-"""The ``diffusers-mv3d`` command line: generate, render, train-foundation, train, evaluate, demo."""
+"""The ``diffusers-mv3d`` command line: generate, render, train-foundation, train,
+train-reconstructor, evaluate, demo.
+
+Each sub-command lives beside the code it drives and registers itself with an
+``add_parser(subparsers)`` function that sets ``func`` (called with the parsed namespace).
+"""
 
 import argparse
 import sys
 from typing import List, Optional
 
 
+def _not_yet(subparsers, name: str) -> None:
+    parser = subparsers.add_parser(name, help=f"{name} (not yet implemented)")
+    parser.set_defaults(func=lambda args: print(f"diffusers-mv3d {name}: not yet implemented", file=sys.stderr) or 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffusers-mv3d", description=__doc__)
+    parser = argparse.ArgumentParser(prog="diffusers-mv3d", description="TuneMV3D multi-view 3D generation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("generate", "render", "train-foundation", "train", "train-reconstructor", "evaluate", "demo"):
-        sub.add_parser(name, help=f"{name} (not yet)")
+    _not_yet(sub, "generate")
+    _not_yet(sub, "render")
+    _not_yet(sub, "train-foundation")
+    _not_yet(sub, "train")
+    _not_yet(sub, "train-reconstructor")
+    _not_yet(sub, "evaluate")
+    _not_yet(sub, "demo")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"diffusers-mv3d {args.command}: not yet implemented", file=sys.stderr)
-    return 2
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
