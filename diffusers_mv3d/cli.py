@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .training import train_foundation
+
 
 def _not_yet(subparsers, name: str) -> None:
     parser = subparsers.add_parser(name, help=f"{name} (not yet implemented)")
@@ -20,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _not_yet(sub, "generate")
     _not_yet(sub, "render")
-    _not_yet(sub, "train-foundation")
+    train_foundation.add_parser(sub)
     _not_yet(sub, "train")
     _not_yet(sub, "train-reconstructor")
     _not_yet(sub, "evaluate")

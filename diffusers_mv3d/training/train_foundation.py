@@ -1,0 +1,885 @@
+"""Train the foundation: a small pixel-space text-to-image diffusion model in the DeepFloyd-IF stage-I
+style (a ``UNet2DConditionModel`` on 32x32 RGB, a word-level tokenizer trained on the captions, a
+small ``CLIPTextModel`` trained jointly), written as a pipeline folder that ``diffusers.IFPipeline``
+loads.
+
+Launch (the data comes from ``diffusers-mv3d render --split foundation2d``)::
+
+    diffusers-mv3d render --split foundation2d --num-objects 3000 --resolution 32 --out data/foundation2d
+
+    # one process
+    diffusers-mv3d train-foundation --config configs/foundation-tiny.yaml
+    # stopped (Ctrl-C, --stop-at-step, --max-minutes)? continue exactly where the last checkpoint left off
+    diffusers-mv3d train-foundation --config configs/foundation-tiny.yaml --resume latest
+    # see the resolved settings without training
+    diffusers-mv3d train-foundation --config configs/foundation-tiny.yaml --dry-run
+
+    # two processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays the global batch
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        -m diffusers_mv3d.cli train-foundation --config configs/foundation-tiny.yaml
+
+Outputs under ``--output-dir``: ``pipeline/`` (the EMA weights as an IFPipeline folder, rewritten at
+every checkpoint), ``checkpoints/checkpoint-NNNNNN/`` (everything ``--resume`` needs, safetensors +
+JSON, no pickle), ``samples/step-NNNNNN.png`` (validation grids), ``log.jsonl`` and ``config.yaml``.
+
+What the UNet predicts: 6 channels, as IF's stage I: epsilon (channels 0-2) and the interpolation
+``v`` between the smallest and largest reverse-step log-variance (channels 3-5, the scheduler's
+``variance_type="learned_range"``), trained with the improved-DDPM hybrid loss
+``||eps - eps_theta||^2 + vlb_weight * T * L_vlb`` (the VLB term sees epsilon through a stop-gradient).
+IFPipeline only works with such a UNet: with 3 output channels its ``noise_pred.split(3, dim=1)``
+returns a single chunk and the unpacking into ``(noise, variance)`` fails. Samplers that need only
+epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`sample_ddim` does.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
+from .text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
+
+__all__ = [
+    "FoundationTrainConfig",
+    "add_parser",
+    "build_noise_scheduler",
+    "build_unet",
+    "diffusion_loss",
+    "latest_checkpoint",
+    "load_pipeline",
+    "main",
+    "sample_ddim",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FoundationTrainConfig:
+    """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes)."""
+
+    # data and outputs
+    data_dir: str = "data/foundation2d"
+    """Image-text folder (metadata.jsonl + images/) written by `diffusers-mv3d render --split foundation2d`."""
+    output_dir: str = "runs/foundation-tiny"
+    """Where pipeline/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    resolution: int = 32
+    """Training images are resized to this square size (pixels); also the UNet's sample_size."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    # optimisation
+    max_train_steps: int = 20000
+    """Optimizer steps of the whole run (the cosine schedule spans these)."""
+    batch_size: int = 64
+    """Global batch (images per optimizer step, split evenly across processes)."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate (UNet and text encoder)."""
+    lr_warmup_steps: int = 200
+    """Linear warm-up steps before the cosine decay to 0."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    caption_dropout: float = 0.1
+    """Fraction of captions replaced by "" (learns the unconditional model for classifier-free guidance)."""
+    ema_decay: float = 0.9999
+    """Upper bound of the EMA decay (diffusers EMAModel with warm-up)."""
+    ema_power: float = 0.75
+    """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
+    seed: int = 0
+    """Seeds the initial weights and, with the step number, each step's batch order, caption dropout, timesteps and noise."""
+    mixed_precision: str = "no"
+    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
+
+    # diffusion
+    num_train_timesteps: int = 1000
+    """DDPM steps T (squaredcos_cap_v2 betas, epsilon prediction)."""
+    vlb_weight: float = 0.001
+    """Weight lambda of the variational bound term that trains the learned variance (improved DDPM); 0 trains epsilon only and saves a fixed_small scheduler."""
+
+    # UNet
+    block_out_channels: Tuple[int, ...] = (32, 64, 128)
+    """UNet channels per resolution level (level i works at resolution / 2^i)."""
+    layers_per_block: int = 1
+    """ResNet layers per UNet down block (up blocks get one more)."""
+    attention_from_level: int = 1
+    """Cross-attention in the levels with this index and deeper (and the mid block); 1 = not at full resolution."""
+    attention_heads: int = 1
+    """Attention heads per transformer (diffusers' attention_head_dim, which UNet2DConditionModel uses as the number of heads)."""
+    norm_num_groups: int = 32
+    """GroupNorm groups in the UNet (must divide every entry of block_out_channels)."""
+
+    # text encoder
+    text_hidden_size: int = 64
+    """CLIPTextModel width, also the UNet's cross_attention_dim."""
+    text_layers: int = 2
+    """CLIPTextModel transformer layers."""
+    text_heads: int = 2
+    """CLIPTextModel attention heads."""
+
+    # checkpoints, validation, stopping
+    checkpointing_steps: int = 250
+    """Write a checkpoint (and refresh pipeline/) every this many steps, and at the end."""
+    checkpoints_total_limit: int = 3
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: Optional[str] = None
+    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
+    stop_at_step: int = 0
+    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
+    max_minutes: float = 0.0
+    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
+    validation_steps: int = 500
+    """Save a sample grid every this many steps and at the end (0 = never)."""
+    validation_prompts: Tuple[str, ...] = ()
+    """Prompts of the sample grid; empty = 8 captions spread over the training captions."""
+    validation_images_per_prompt: int = 2
+    """Samples per validation prompt (fixed seeds, so grids of different steps compare)."""
+    validation_inference_steps: int = 50
+    """DDIM steps of the validation samples."""
+    validation_guidance_scale: float = 3.0
+    """Classifier-free guidance scale of the validation samples."""
+    log_every: int = 10
+    """Append loss, lr, samples/s and peak RSS to log.jsonl every this many steps."""
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, field: str, requirement: str) -> None:
+            if not ok:
+                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
+
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.validation_prompts = tuple(self.validation_prompts)
+        levels = len(self.block_out_channels)
+        check(bool(self.data_dir), "data_dir", "must name a folder")
+        check(bool(self.output_dir), "output_dir", "must name a folder")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
+        check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
+        check(self.ema_power > 0, "ema_power", "must be > 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        check(self.num_train_timesteps >= 2, "num_train_timesteps", "must be >= 2")
+        check(self.vlb_weight >= 0, "vlb_weight", "must be >= 0")
+        check(levels >= 1 and all(c > 0 for c in self.block_out_channels), "block_out_channels", "must be positive channel counts")
+        check(self.layers_per_block >= 1, "layers_per_block", "must be >= 1")
+        check(0 <= self.attention_from_level <= levels, "attention_from_level", f"must be in [0, {levels}]")
+        check(self.attention_heads >= 1, "attention_heads", "must be >= 1")
+        check(self.norm_num_groups >= 1, "norm_num_groups", "must be >= 1")
+        check(
+            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "norm_num_groups",
+            f"must divide every entry of {flag_name('block_out_channels')} {self.block_out_channels}",
+        )
+        check(
+            all(c % self.attention_heads == 0 for c in self.block_out_channels),
+            "attention_heads",
+            f"must divide every entry of {flag_name('block_out_channels')} {self.block_out_channels}",
+        )
+        check(self.resolution > 0 and self.resolution % 2 ** (levels - 1) == 0, "resolution",
+              f"must be a positive multiple of 2^(levels-1) = {2 ** (levels - 1)}")
+        check(self.text_hidden_size > 0, "text_hidden_size", "must be > 0")
+        check(self.text_layers >= 1, "text_layers", "must be >= 1")
+        check(self.text_heads >= 1 and self.text_hidden_size % self.text_heads == 0, "text_heads",
+              f"must divide {flag_name('text_hidden_size')} {self.text_hidden_size}")
+        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
+        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
+        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
+        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
+        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check(self.validation_images_per_prompt >= 1, "validation_images_per_prompt", "must be >= 1")
+        check(self.validation_inference_steps >= 1, "validation_inference_steps", "must be >= 1")
+        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+
+    def architecture(self) -> Dict[str, object]:
+        """The settings that fix the weights' shapes (a resumed run must keep them)."""
+        names = ("resolution", "num_train_timesteps", "block_out_channels", "layers_per_block", "attention_from_level",
+                 "attention_heads", "norm_num_groups", "text_hidden_size", "text_layers", "text_heads")
+        return {name: config_to_dict(self)[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def build_unet(cfg: FoundationTrainConfig):
+    """The pixel-space UNet: 3 channels in, 6 out (epsilon + learned-variance interpolation, as IF)."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(cfg.block_out_channels)
+    has_attention = [level >= cfg.attention_from_level for level in range(levels)]
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attention))
+    return UNet2DConditionModel(
+        sample_size=cfg.resolution,
+        in_channels=3,
+        out_channels=6,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        attention_head_dim=cfg.attention_heads,  # diffusers uses this as the number of heads
+        cross_attention_dim=cfg.text_hidden_size,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def build_noise_scheduler(cfg: FoundationTrainConfig):
+    """The DDPM scheduler saved with the pipeline (IF's choice: DDPM with the learned variance)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        variance_type="learned_range" if cfg.vlb_weight > 0 else "fixed_small",
+        clip_sample=True,
+        clip_sample_range=1.0,
+        timestep_spacing="trailing",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss: simple epsilon MSE + the variational bound term for the learned variance (improved DDPM)
+# ----------------------------------------------------------------------------------------------
+
+
+class DiffusionTerms:
+    """Per-timestep constants of q(x_t | x_0) and the posterior q(x_{t-1} | x_t, x_0), in float64."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        abar = alphas_cumprod.double()  # (T,)
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        beta = 1.0 - abar / abar_prev
+        self.sqrt_abar = abar.sqrt()
+        self.sqrt_one_minus_abar = (1.0 - abar).sqrt()
+        self.log_beta = beta.log()
+        posterior_var = beta * (1.0 - abar_prev) / (1.0 - abar)
+        # the t = 0 posterior variance is 0; use t = 1's, as improved DDPM does
+        self.posterior_log_var = torch.cat([posterior_var[1:2], posterior_var[1:]]).log()
+        self.posterior_mean_coef_x0 = beta * abar_prev.sqrt() / (1.0 - abar)
+        self.posterior_mean_coef_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar)
+
+    def at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Constant ``name`` at timesteps t [B] as a [B, 1, 1, 1] tensor of ``like``'s dtype/device."""
+        return getattr(self, name).to(like.device)[t.to(like.device)].to(like.dtype).view(-1, 1, 1, 1)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log p(x) of 8-bit images scaled to [-1, 1] under a Gaussian discretised into 256 bins (nats)."""
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_probs = torch.where(
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))),
+    )
+    return log_probs
+
+
+def model_log_variance(terms: DiffusionTerms, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log Sigma_theta = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (``learned_range``)."""
+    frac = (v + 1.0) / 2.0
+    return frac * terms.at("log_beta", t, v) + (1.0 - frac) * terms.at("posterior_log_var", t, v)
+
+
+def vlb_bits_per_dim(
+    terms: DiffusionTerms, eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """L_t of the variational bound per image [B], in bits per dimension.
+
+    KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for t > 0; the decoder NLL -log p(x_0 | x_1) at t = 0.
+    """
+    # predicted x_0 from epsilon, then the posterior mean it implies
+    x0_pred = (x_t - terms.at("sqrt_one_minus_abar", t, x_t) * eps) / terms.at("sqrt_abar", t, x_t)
+    model_mean = terms.at("posterior_mean_coef_x0", t, x_t) * x0_pred + terms.at("posterior_mean_coef_xt", t, x_t) * x_t
+    model_log_var = model_log_variance(terms, v, t)
+    true_mean = terms.at("posterior_mean_coef_x0", t, x_t) * x0 + terms.at("posterior_mean_coef_xt", t, x_t) * x_t
+    true_log_var = terms.at("posterior_log_var", t, x_t)
+    kl = normal_kl(true_mean, true_log_var, model_mean, model_log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var).mean(dim=(1, 2, 3)) / math.log(2.0)
+    return torch.where(t.to(x0.device) == 0, nll, kl)
+
+
+def diffusion_loss(
+    model_output: torch.Tensor,
+    noise: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    terms: DiffusionTerms,
+    vlb_weight: float,
+) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Hybrid loss: mean ||eps - eps_theta||^2 + vlb_weight * T * mean L_t (epsilon detached in L_t).
+
+    ``model_output`` is [B, 6, H, W]: epsilon in channels 0-2, the variance interpolation v in 3-5.
+    """
+    eps, v = model_output.float().split(x0.shape[1], dim=1)  # (B, 3, H, W) each
+    mse = F.mse_loss(eps, noise.float())
+    if vlb_weight <= 0:
+        return mse, {"mse": mse.item(), "vlb": 0.0}
+    num_timesteps = terms.sqrt_abar.shape[0]
+    vlb = vlb_bits_per_dim(terms, eps.detach(), v, x0.float(), x_t.float(), t).mean()
+    return mse + vlb_weight * num_timesteps * vlb, {"mse": mse.item(), "vlb": vlb.item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a reproducible stream of batches, a function of (seed, step) only
+# ----------------------------------------------------------------------------------------------
+
+
+def read_captions(data_dir: str) -> List[str]:
+    """The ``text`` of every line of ``data_dir/metadata.jsonl`` (without decoding images)."""
+    path = os.path.join(data_dir, "metadata.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag_name('data_dir')}: no metadata.jsonl in {data_dir!r} "
+                         "(write one with `diffusers-mv3d render --split foundation2d --out DIR`)")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def global_batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> List[int]:
+    """Dataset indices of step ``step``: slice [step*B, (step+1)*B) of an endless concatenation of
+    permutations, one per epoch, each seeded by (seed, epoch)."""
+    indices: List[int] = []
+    start = step * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        indices.extend(perm[offset : offset + batch_size - len(indices)].tolist())
+    return indices
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields this process's share (every ``num_processes``-th index) of the global batch of each step."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 process_index: int = 0, num_processes: int = 1):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for step in range(self.start_step, self.end_step):
+            batch = global_batch_indices(step, self.batch_size, self.num_items, self.seed)
+            yield batch[self.process_index :: self.num_processes]
+
+
+def collate(items: Sequence[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, H, W) in [-1, 1]
+        "caption": [item["caption"] for item in items],
+    }
+
+
+def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
+    """The generator of one step's caption dropout, timesteps and noise on one process."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + process_index)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling (what the validation grid uses; also the reference loop for an IF-style UNet)
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_ddim(
+    unet,
+    text_encoder,
+    tokenizer,
+    prompts: Sequence[str],
+    scheduler_config: dict,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 3.0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """DDIM (eta = 0) with classifier-free guidance; returns images [N, 3, H, W] in [-1, 1].
+
+    Uses channels 0-2 (epsilon) of the UNet output; the learned variance is not needed by DDIM.
+    """
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(
+        {k: v for k, v in dict(scheduler_config).items() if k != "variance_type"}
+    )
+    device = next(unet.parameters()).device
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    cond = encode_prompts(tokenizer, text_encoder, prompts)  # (N, 77, D)
+    do_cfg = guidance_scale > 1.0
+    if do_cfg:
+        uncond = encode_prompts(tokenizer, text_encoder, [""] * len(prompts))
+        cond = torch.cat([uncond, cond])  # (2N, 77, D)
+    x = torch.randn((len(prompts), channels, size, size), generator=generator).to(device)
+    x = x * scheduler.init_noise_sigma
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    for t in scheduler.timesteps:
+        model_in = torch.cat([x, x]) if do_cfg else x
+        eps = unet(model_in, t, encoder_hidden_states=cond).sample[:, :channels]
+        if do_cfg:
+            eps_uncond, eps_text = eps.chunk(2)
+            eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
+        x = scheduler.step(eps, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def save_grid(images: torch.Tensor, path: str, ncol: int, upscale: int = 4) -> None:
+    """Write images [N, 3, H, W] in [-1, 1] as one PNG, ``ncol`` per row, nearest-upscaled."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    nrow = math.ceil(n / ncol)
+    grid = torch.ones(3, nrow * h, ncol * w)
+    for i, image in enumerate(images.float().cpu()):
+        r, c = divmod(i, ncol)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = (image + 1) / 2
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).resize((ncol * w * upscale, nrow * h * upscale), Image.NEAREST).save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Folders: pipeline and checkpoints, written atomically (temporary folder, then rename)
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` to ``final`` by renames only; ``final`` is never a partial folder."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _write_atomically(final: Path, write) -> None:
+    """Call ``write(tmp_folder)``, then rename it to ``final``; on failure remove the temporary folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) -> None:
+    """Write an ``IFPipeline`` folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/)."""
+    from diffusers import IFPipeline
+
+    pipe = IFPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        scheduler=noise_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # transformers 5 records the fast tokenizer as "TokenizersBackend", a name transformers 4 lacks;
+        # "PreTrainedTokenizerFast" loads in both
+        _rename_tokenizer_class(tmp, "PreTrainedTokenizerFast")
+
+    _write_atomically(folder, write)
+
+
+def _rename_tokenizer_class(folder: Path, name: str) -> None:
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", name]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    tok_path = folder / "tokenizer" / "tokenizer_config.json"
+    tok_config = json.loads(tok_path.read_text())
+    tok_config["tokenizer_class"] = name
+    tok_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+
+
+def load_pipeline(folder: str, **kwargs):
+    """``IFPipeline.from_pretrained(folder)`` (IF expects T5 and logs a type warning for the CLIP text encoder)."""
+    from diffusers import IFPipeline
+
+    return IFPipeline.from_pretrained(folder, **kwargs)
+
+
+def list_checkpoints(checkpoint_dir: Path) -> List[Tuple[int, Path]]:
+    """Finished checkpoints (``checkpoint-N`` holding trainer_state.json), oldest first."""
+    found = []
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.iterdir():
+            match = CHECKPOINT_RE.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+def _named_parameters(unet, text_encoder) -> List[Tuple[str, torch.nn.Parameter]]:
+    """All trained parameters in optimizer order, named ``unet.*`` then ``text_encoder.*``."""
+    return [(f"unet.{n}", p) for n, p in unet.named_parameters()] + [
+        (f"text_encoder.{n}", p) for n, p in text_encoder.named_parameters()
+    ]
+
+
+def save_checkpoint(folder: Path, step: int, unet, text_encoder, tokenizer, ema, optimizer, lr_scheduler,
+                    cfg: FoundationTrainConfig) -> None:
+    """Everything a resume needs, safetensors for tensors and JSON for the rest (no pickle)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        names = [name for name, _ in _named_parameters(unet, text_encoder)]
+        ema_state = ema.state_dict()
+        save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema_state.pop("shadow_params"))},
+                  str(tmp / "ema.safetensors"))
+        opt_state = optimizer.state_dict()
+        tensors, plain_state = {}, {}
+        for index, param_state in opt_state["state"].items():
+            plain_state[str(index)] = {}
+            for key, value in param_state.items():
+                if torch.is_tensor(value):
+                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    plain_state[str(index)][key] = value
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {
+            "step": step,
+            "optimizer": {"param_groups": opt_state["param_groups"], "state": plain_state},
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "ema": ema_state,
+            "architecture": cfg.architecture(),
+            "config": config_to_dict(cfg),
+        }
+        # written last: its presence marks a finished checkpoint even without the rename
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    _write_atomically(folder, write)
+
+
+def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_scheduler) -> int:
+    """Restore EMA, optimizer and LR schedule from a checkpoint (weights come from its unet/ and
+    text_encoder/ folders); returns the step it was written at."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE_FILE).read_text())
+    names = [name for name, _ in _named_parameters(unet, text_encoder)]
+    shadow = load_file(str(folder / "ema.safetensors"))
+    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    opt_state: Dict[int, dict] = {int(i): dict(plain) for i, plain in state["optimizer"]["state"].items()}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return int(state["step"])
+
+
+def resolve_resume(cfg: FoundationTrainConfig) -> Optional[Path]:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
+    return path
+
+
+def _prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str], count: int = 8) -> List[str]:
+    if cfg.validation_prompts:
+        return list(cfg.validation_prompts)
+    unique = sorted(set(captions))
+    if len(unique) <= count:
+        return unique
+    return [unique[round(i * (len(unique) - 1) / (count - 1))] for i in range(count)]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
+    """Train; returns a summary (final step, last loss, samples/s, peak RSS, output folders)."""
+    from accelerate import Accelerator
+    from diffusers import UNet2DConditionModel
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    from ..data.dataset import ImageTextDataset
+
+    # 1. Processes, folders, data
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    output_dir = Path(cfg.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    captions = read_captions(cfg.data_dir)
+    dataset = ImageTextDataset(cfg.data_dir, resolution=cfg.resolution)
+    resume_from = resolve_resume(cfg)
+
+    # 2. Models: fresh, or the weights of the checkpoint
+    if resume_from is None:
+        torch.manual_seed(cfg.seed)
+        tokenizer = train_word_tokenizer(captions)
+        text_encoder = build_text_encoder(tokenizer, cfg.text_hidden_size, cfg.text_layers, cfg.text_heads)
+        unet = build_unet(cfg)
+    else:
+        saved = json.loads((resume_from / STATE_FILE).read_text())["architecture"]
+        for name, value in cfg.architecture().items():
+            if saved.get(name) != value:
+                raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
+                                 f"({resume_from}); a resumed run keeps the architecture")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(resume_from / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(resume_from / "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(resume_from / "unet")
+    noise_scheduler = build_noise_scheduler(cfg)
+    terms = DiffusionTerms(noise_scheduler.alphas_cumprod)
+    unet.train()
+    text_encoder.train()
+
+    # 3. Optimizer, schedule, EMA (over both models: the saved pipeline pairs EMA UNet and EMA text encoder)
+    params = [p for _, p in _named_parameters(unet, text_encoder)]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_training_state(resume_from, unet, text_encoder, ema, optimizer, lr_scheduler)
+    # the LR scheduler is stepped by hand once per optimizer step, so accelerate does not wrap it
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    ema.to(accelerator.device)
+    raw_unet, raw_text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+
+    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+    )
+    prompts = _pick_validation_prompts(cfg, captions)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, str(output_dir / "config.yaml"))
+
+    def with_ema_weights(fn):
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            return fn()
+        finally:
+            ema.restore(params)
+
+    def write_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, raw_unet, raw_text_encoder, tokenizer,
+                            ema, optimizer, lr_scheduler, cfg)
+            with_ema_weights(lambda: save_pipeline(output_dir / "pipeline", raw_unet, raw_text_encoder, tokenizer,
+                                                   noise_scheduler))
+            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+
+    def write_samples(step: int) -> None:
+        if accelerator.is_main_process:
+            def sample():
+                raw_unet.eval()
+                try:
+                    return sample_ddim(raw_unet, raw_text_encoder, tokenizer,
+                                       [p for p in prompts for _ in range(cfg.validation_images_per_prompt)],
+                                       noise_scheduler.config, cfg.validation_inference_steps,
+                                       cfg.validation_guidance_scale, torch.Generator().manual_seed(cfg.seed))
+                finally:
+                    raw_unet.train()
+
+            images = with_ema_weights(sample)  # (P * k, 3, H, W), prompt-major
+            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+            # one column per prompt, one row per seed
+            images = images.view(len(prompts), cfg.validation_images_per_prompt, *images.shape[1:]).transpose(0, 1)
+            save_grid(images.reshape(-1, *images.shape[2:]), str(output_dir / "samples" / f"step-{step:06d}.png"),
+                      ncol=len(prompts))
+            (output_dir / "samples" / "prompts.txt").write_text("\n".join(prompts) + "\n")
+        accelerator.wait_for_everyone()
+
+    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
+    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc="train-foundation")
+    log_path = output_dir / "log.jsonl"
+    started = time.time()
+    window_start, window_steps = time.time(), 0
+    samples_per_s, last_loss, step = 0.0, float("nan"), start_step
+    for step, batch in zip(range(start_step, end_step), loader):
+        generator = step_generator(cfg.seed, step, rank)
+        x0 = batch["pixel_values"].to(accelerator.device)  # (b, 3, H, W) in [-1, 1]
+        drop = torch.rand(len(batch["caption"]), generator=generator) < cfg.caption_dropout
+        captions_in = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"])]
+        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
+        t = t.to(accelerator.device)
+        x_t = noise_scheduler.add_noise(x0, noise, t)  # sqrt(abar) x0 + sqrt(1 - abar) eps
+
+        with accelerator.autocast():
+            text_embeddings = encode_prompts(tokenizer, text_encoder, captions_in)  # (b, 77, D)
+            model_output = unet(x_t, t, encoder_hidden_states=text_embeddings).sample  # (b, 6, H, W)
+        loss, parts = diffusion_loss(model_output, noise, x0, x_t, t, terms, cfg.vlb_weight)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(params)
+
+        done = step + 1
+        last_loss = loss.item()
+        window_steps += 1
+        if window_steps == 10 or done == end_step:
+            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
+            window_start, window_steps = time.time(), 0
+        lr = lr_scheduler.get_last_lr()[0]
+        progress.update(1)
+        progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
+        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
+            record = {"step": done, "loss": last_loss, **parts, "lr": lr, "grad_norm": float(grad_norm),
+                      "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
+                      "minutes": (time.time() - started) / 60}
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
+            accelerator.set_trigger()
+        out_of_time = accelerator.check_trigger()
+        wrote = False
+        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
+            write_checkpoint(done)
+            wrote = True
+        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
+            write_samples(done)
+            wrote = True
+        if wrote:  # samples/s measures training steps only
+            window_start, window_steps = time.time(), 0
+        step = done
+        if out_of_time:
+            break
+    progress.close()
+    accelerator.end_training()
+    return {
+        "step": step,
+        "loss": last_loss,
+        "samples_per_s": samples_per_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "pipeline": str(output_dir / "pipeline"),
+        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """Register ``train-foundation`` with the ``diffusers-mv3d`` sub-command parser."""
+    import argparse
+
+    parser = subparsers.add_parser(
+        "train-foundation",
+        help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, FoundationTrainConfig)
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    import sys
+
+    try:
+        cfg = resolve_or_exit(FoundationTrainConfig, args)
+    except ValueError as error:
+        print(f"diffusers-mv3d train-foundation: error: {error}", file=sys.stderr)
+        return 2
+    if cfg is None:
+        return 0
+    summary = main(cfg)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="train_foundation")
+    _sub = _parser.add_subparsers(dest="command")
+    add_parser(_sub)
+    sys.exit(run_from_args(_parser.parse_args(["train-foundation", *sys.argv[1:]])))
