@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .data import render_dataset
 from .training import train_foundation
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-mv3d", description="TuneMV3D multi-view 3D generation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _not_yet(sub, "generate")
-    _not_yet(sub, "render")
+    render_dataset.add_parser(sub)
     train_foundation.add_parser(sub)
     _not_yet(sub, "train")
     _not_yet(sub, "train-reconstructor")
