@@ -685,6 +685,7 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
     checkpoint_dir = output_dir / "checkpoints"
     captions = read_captions(cfg.data_dir)
     dataset = ImageTextDataset(cfg.data_dir, resolution=cfg.resolution)
+    captions = [record["text"] for record in getattr(dataset, "records", [])] or captions
     resume_from = resolve_resume(cfg)
 
     # 2. Models: fresh, or the weights of the checkpoint

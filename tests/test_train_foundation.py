@@ -1,0 +1,342 @@
+"""train-foundation: settings, loss, checkpoints, resume, and the pipeline folder it writes.
+
+Every run is tiny (16x16 images, a 2-level UNet, a few steps) on a folder of coloured shapes that
+the tests draw themselves, so they do not depend on the renderer.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from diffusers_mv3d.training.config import add_dataclass_arguments, config_from_args, field_docs
+from diffusers_mv3d.training.train_foundation import (
+    DiffusionTerms,
+    FoundationTrainConfig,
+    build_noise_scheduler,
+    build_unet,
+    diffusion_loss,
+    global_batch_indices,
+    latest_checkpoint,
+    main,
+    model_log_variance,
+    save_checkpoint,
+    vlb_bits_per_dim,
+)
+from diffusers_mv3d.training.text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 20, 20), "blue": (25, 70, 230), "green": (40, 160, 45)}
+
+
+def make_image_text_folder(root: Path, size: int = 16) -> Path:
+    """6 images in the foundation2d layout: root/metadata.jsonl + root/images/*.png."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i, (colour, shape) in enumerate([(c, s) for s in ("box", "ball") for c in COLOURS]):
+        image = Image.new("RGB", (size, size), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        box = (3, 3, size - 4, size - 4)
+        (draw.rectangle if shape == "box" else draw.ellipse)(box, fill=COLOURS[colour])
+        name = f"images/{i:06d}.png"
+        image.save(root / name)
+        lines.append({"file_name": name, "text": f"a {colour} {shape}", "category": shape, "colour": colour})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def tiny_settings(data_dir: Path, output_dir: Path) -> dict:
+    return dict(
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        resolution=16,
+        batch_size=4,
+        max_train_steps=3,
+        lr_warmup_steps=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        text_hidden_size=16,
+        text_layers=1,
+        text_heads=2,
+        checkpointing_steps=2,
+        validation_steps=3,
+        validation_inference_steps=2,
+        validation_images_per_prompt=1,
+        validation_prompts=("a red box", "a blue ball"),
+        log_every=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_image_text_folder(tmp_path_factory.mktemp("foundation2d"))
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings and flags
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Toy:
+    rate: float = 0.5
+    """A rate."""
+    sizes: Tuple[int, ...] = (1, 2)
+    """Some sizes."""
+    name: Optional[str] = None
+    """A name."""
+    fast: bool = False
+    """Go fast."""
+
+
+def _parse(cls, argv):
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, cls)
+    return parser.parse_args(argv)
+
+
+def test_flags_from_dataclass_defaults_file_and_overrides(tmp_path):
+    assert field_docs(_Toy)["sizes"] == "Some sizes."
+    assert config_from_args(_Toy, _parse(_Toy, [])) == _Toy()
+    file = tmp_path / "toy.yaml"
+    file.write_text("rate: 2\nsizes: [4, 5, 6]\nname: hello\nfast: true\n")
+    from_file = config_from_args(_Toy, _parse(_Toy, ["--config", str(file)]))
+    assert from_file == _Toy(rate=2.0, sizes=(4, 5, 6), name="hello", fast=True)
+    assert isinstance(from_file.rate, float)
+    overridden = config_from_args(_Toy, _parse(_Toy, ["--config", str(file), "--sizes", "7", "--no-fast", "--name", "none"]))
+    assert overridden == _Toy(rate=2.0, sizes=(7,), name=None, fast=False)
+    json_file = tmp_path / "toy.json"
+    json_file.write_text(json.dumps({"rate": 1, "bogus": 3}))
+    with pytest.raises(ValueError, match="--bogus"):
+        config_from_args(_Toy, _parse(_Toy, ["--config", str(json_file)]))
+    json_file.write_text(json.dumps({"rate": "fast"}))
+    with pytest.raises(ValueError, match="--rate"):
+        config_from_args(_Toy, _parse(_Toy, ["--config", str(json_file)]))
+
+
+@pytest.mark.parametrize(
+    "field, value, flag",
+    [
+        ("learning_rate", 0.0, "--learning-rate"),
+        ("caption_dropout", 1.0, "--caption-dropout"),
+        ("batch_size", 0, "--batch-size"),
+        ("norm_num_groups", 12, "--norm-num-groups"),
+        ("resolution", 30, "--resolution"),
+        ("mixed_precision", "fp8", "--mixed-precision"),
+        ("text_heads", 3, "--text-heads"),
+        ("attention_from_level", 4, "--attention-from-level"),
+    ],
+)
+def test_bad_settings_name_the_flag(field, value, flag):
+    with pytest.raises(ValueError, match=flag):
+        FoundationTrainConfig(**{field: value})
+
+
+def test_embedded_config_file_is_the_dataclass_default_and_dry_run_prints_it(capsys):
+    from diffusers_mv3d.cli import main as cli_main
+
+    config = str(REPO / "configs" / "foundation-tiny.yaml")
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, FoundationTrainConfig)
+    assert config_from_args(FoundationTrainConfig, parser.parse_args(["--config", config])) == FoundationTrainConfig()
+    assert cli_main(["train-foundation", "--config", config, "--dry-run", "--max-train-steps", "7"]) == 0
+    printed = capsys.readouterr().out
+    assert "max_train_steps: 7\n" in printed and "checkpointing_steps: 250\n" in printed
+    import yaml
+
+    assert yaml.safe_load(printed)["block_out_channels"] == [32, 64, 128]
+    assert cli_main(["train-foundation", "--config", config, "--dry-run", "--ema-decay", "2"]) == 2
+    assert "--ema-decay" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Text side and loss
+# ------------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trip_and_text_encoder(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = train_word_tokenizer(["a red box", "a blue ball."])
+    ids = tokenizer("A Red ball", padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[4] == tokenizer.eos_token_id and ids[5] == tokenizer.pad_token_id
+    assert tokenizer.unk_token_id not in ids[1:4] and tokenizer.convert_ids_to_tokens(ids[1:4]) == ["a", "red", "ball"]
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert reloaded("A Red ball", padding="max_length", max_length=MAX_LENGTH).input_ids == ids
+    torch.manual_seed(0)
+    encoder = build_text_encoder(tokenizer, hidden_size=16, num_layers=1, num_heads=2)
+    embeddings = encode_prompts(tokenizer, encoder, ["a red box", ""])
+    assert embeddings.shape == (2, MAX_LENGTH, 16) and torch.isfinite(embeddings).all()
+
+
+def test_learned_variance_matches_the_ddpm_scheduler_and_the_bound_vanishes_for_a_perfect_model():
+    cfg = FoundationTrainConfig()
+    scheduler = build_noise_scheduler(cfg)
+    terms = DiffusionTerms(scheduler.alphas_cumprod)
+    v = torch.linspace(-1, 1, 4).view(4, 1, 1, 1)
+    for t in (1, 10, 500, 999):
+        ours = model_log_variance(terms, v, torch.full((4,), t)).view(-1)
+        theirs = torch.stack([scheduler._get_variance(t, predicted_variance=x) for x in v.view(-1)])
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-5, atol=1e-5)
+
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=generator) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=generator)
+    t = torch.tensor([3, 50, 400, 900])
+    x_t = scheduler.add_noise(x0, noise, t)
+    # epsilon exact and v = -1 (the posterior variance): every KL term is 0
+    kl = vlb_bits_per_dim(terms, noise, -torch.ones_like(x0), x0, x_t, t)
+    assert kl.abs().max() < 1e-3
+    worse = vlb_bits_per_dim(terms, noise, torch.ones_like(x0), x0, x_t, t)
+    assert (worse > kl).all()
+    nll = vlb_bits_per_dim(terms, noise, torch.zeros_like(x0), x0, scheduler.add_noise(x0, noise, t * 0), t * 0)
+    assert torch.isfinite(nll).all() and (nll > 0).all()
+    loss, parts = diffusion_loss(torch.cat([noise, -torch.ones_like(x0)], 1), noise, x0, x_t, t, terms, 0.001)
+    assert parts["mse"] == 0.0 and abs(loss.item()) < 1e-2
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    first = [global_batch_indices(step, 4, 6, seed=0) for step in range(3)]
+    assert sorted(first[0] + first[1][:2]) == list(range(6))  # one epoch is a permutation
+    assert first == [global_batch_indices(step, 4, 6, seed=0) for step in range(3)]
+    assert first != [global_batch_indices(step, 4, 6, seed=1) for step in range(3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Training runs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_train_three_steps_writes_a_pipeline_folder_that_ifpipeline_loads(data_dir, tmp_path):
+    from diffusers import IFPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(tiny_settings(data_dir, out)))
+    # the CLI in a subprocess, as a user runs it
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusers_mv3d.cli", "train-foundation", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 3 and np.isfinite(summary["loss"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    assert {"lr", "samples_per_s", "peak_rss_mb", "mse", "vlb"} <= set(log[0])
+    assert (out / "samples" / "step-000003.png").is_file()
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["checkpoint-000002", "checkpoint-000003"]
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+
+    folder = out / "pipeline"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "IFPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "PreTrainedTokenizerFast"]
+    assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (folder / "text_encoder" / "model.safetensors").is_file()
+
+    # the saved UNet is the EMA one
+    ema = weights(out / "checkpoints" / "checkpoint-000003" / "ema.safetensors")
+    saved = weights(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    raw = weights(out / "checkpoints" / "checkpoint-000003" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[name], ema[f"unet.{name}"]) for name in saved)
+    assert any(not torch.equal(saved[name], raw[name]) for name in saved)
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    assert tokenizer.unk_token_id not in tokenizer("a red box").input_ids
+    assert UNet2DConditionModel.from_pretrained(folder / "unet").config.out_channels == 6
+    pipe = IFPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        "a red box", num_inference_steps=2, guidance_scale=3.0, output_type="np", clean_caption=False,
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_stop_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
+    settings = {**tiny_settings(data_dir, tmp_path), "max_train_steps": 4, "validation_steps": 0}
+    straight = main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "straight")}))
+    first = main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "split"), "stop_at_step": 3}))
+    assert first["step"] == 3 and latest_checkpoint(tmp_path / "split" / "checkpoints").name == "checkpoint-000003"
+    second = main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "split"), "resume": "latest"}))
+    assert straight["step"] == second["step"] == 4
+    assert second["loss"] == straight["loss"]
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "ema.safetensors", "optimizer.safetensors"):
+        a = weights(tmp_path / "straight" / "checkpoints" / "checkpoint-000004" / name)
+        b = weights(tmp_path / "split" / "checkpoints" / "checkpoint-000004" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = weights(tmp_path / "straight" / "pipeline" / name), weights(tmp_path / "split" / "pipeline" / name)
+        assert all(torch.equal(a[key], b[key]) for key in a)
+
+    with pytest.raises(ValueError, match="--text-layers"):
+        main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "split"), "resume": "latest",
+                                      "text_layers": 2}))
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    import safetensors.torch
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    cfg = FoundationTrainConfig(**tiny_settings(tmp_path, tmp_path))
+    tokenizer = train_word_tokenizer(["a red box"])
+    unet, encoder = build_unet(cfg), build_text_encoder(tokenizer, 16, 1, 2)
+    params = list(unet.parameters()) + list(encoder.parameters())
+    optimizer = torch.optim.AdamW(params)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 1, 3)
+    ema = EMAModel(params, use_ema_warmup=True)
+    checkpoints = tmp_path / "checkpoints"
+    final = checkpoints / "checkpoint-000001"
+    real_save_file = safetensors.torch.save_file
+    seen = []
+
+    def failing_save_file(tensors, filename, *args, **kwargs):
+        # mid-write: the files go to a temporary folder, the finished name does not exist yet
+        seen.append(Path(filename).relative_to(checkpoints).parts[0])
+        assert not final.exists()
+        if filename.endswith("optimizer.safetensors"):
+            raise OSError("disk full")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+    assert seen and all(name.startswith(".tmp-checkpoint-000001") for name in seen)
+    assert not final.exists() and list(checkpoints.iterdir()) == []  # the partial folder was removed
+    assert latest_checkpoint(checkpoints) is None
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+    # a killed writer leaves a temporary folder; --resume latest ignores it and any unfinished folder
+    (checkpoints / ".tmp-checkpoint-000009-123").mkdir()
+    (checkpoints / "checkpoint-000008").mkdir()
+    assert latest_checkpoint(checkpoints) == final
+    # rewriting an existing checkpoint replaces it whole
+    save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        ".tmp-checkpoint-000009-123", "checkpoint-000001", "checkpoint-000008"]
