@@ -224,7 +224,7 @@ def test_batch_order_is_a_function_of_seed_and_step():
 
 
 def test_train_three_steps_writes_a_pipeline_folder_that_ifpipeline_loads(data_dir, tmp_path):
-    from diffusers import IFPipeline, UNet2DConditionModel
+    from diffusers import DPMSolverMultistepScheduler, IFPipeline, UNet2DConditionModel
     from transformers import AutoTokenizer
 
     out = tmp_path / "run"
@@ -272,6 +272,10 @@ def test_train_three_steps_writes_a_pipeline_folder_that_ifpipeline_loads(data_d
         generator=torch.Generator().manual_seed(0),
     ).images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+    # DPM-Solver reads variance_type="learned_range" from the saved config and works inside IFPipeline too
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    images = pipe("a blue ball", num_inference_steps=2, guidance_scale=3.0, output_type="np", clean_caption=False).images
+    assert np.isfinite(images).all()
 
 
 def test_stop_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):

@@ -677,7 +677,10 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
     from ..data.dataset import ImageTextDataset
 
     # 1. Processes, folders, data
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only sets up gloo DDP over
+    # CPU processes when asked for the CPU, otherwise every process trains alone as rank 0
+    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=several_processes and not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % world:
         raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
@@ -800,14 +803,15 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
         ema.step(params)
 
         done = step + 1
-        last_loss = loss.item()
+        last_loss = accelerator.reduce(loss.detach(), "mean").item()  # mean over processes
         window_steps += 1
         if window_steps == 10 or done == end_step:
             samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
             window_start, window_steps = time.time(), 0
         lr = lr_scheduler.get_last_lr()[0]
         progress.update(1)
-        progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}")
+        progress.set_postfix(loss=f"{last_loss:.4f}", mse=f"{parts['mse']:.4f}", lr=f"{lr:.2e}",
+                             samples_s=f"{samples_per_s:.1f}")
         if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
             record = {"step": done, "loss": last_loss, **parts, "lr": lr, "grad_norm": float(grad_norm),
                       "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
@@ -833,6 +837,7 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
     progress.close()
     accelerator.end_training()
     return {
+        "process_index": rank,
         "step": step,
         "loss": last_loss,
         "samples_per_s": samples_per_s,
@@ -872,7 +877,8 @@ def run_from_args(args) -> int:
     if cfg is None:
         return 0
     summary = main(cfg)
-    print(json.dumps(summary))
+    if summary["process_index"] == 0:
+        print(json.dumps(summary))
     return 0
 
 
