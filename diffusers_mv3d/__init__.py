@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .cameras import Cameras, default_cameras
 from .models import GeometryAwareAttention, LatentSparseNeuS, LatentSparseNeuSOutput, MultiViewControlNetModel
+from .pipelines import TuneMV3DPipeline, TuneMV3DPipelineOutput
 from .schedulers import ConsistencyGuidanceScheduler
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "LatentSparseNeuS",
     "LatentSparseNeuSOutput",
     "MultiViewControlNetModel",
+    "TuneMV3DPipeline",
+    "TuneMV3DPipelineOutput",
     "default_cameras",
 ]

@@ -1,0 +1,393 @@
+"""TuneMV3DPipeline: text-to-multiview, multiview-to-multiview and image-to-multiview sampling
+(paper §3.3-3.5; DESIGN.md §1 and §3).
+
+One denoising step runs every view of every object as one batch: the LatentSparseNeuS renders x0
+from the noisy views once (shared by both classifier-free-guidance halves), the multi-view ControlNet
+turns it into residuals, the frozen UNet predicts the noise, and on consistency steps a second branch
+pass without NeuS gives eq. 4's guidance. Reference views sit at t = 0 in every step and come out
+bit-identical.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..cameras import Cameras, default_cameras
+from ..models.latent_sparse_neus import LatentSparseNeuS
+from ..models.multiview_controlnet import MultiViewControlNetModel
+from ..models.views import fold_views, unfold_views
+from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers_mv3d import TuneMV3DPipeline
+
+        >>> pipe = TuneMV3DPipeline.from_pretrained("pipelines/tunemv3d-tiny")
+        >>> out = pipe("a red chair with armrests", num_views=8, generator=torch.manual_seed(0), return_mesh=True)
+        >>> out.images[0].save("view0.png")
+        >>> out.mesh.export("chair.glb")
+        >>> ref = out.images[0]
+        >>> out = pipe(image=ref, num_views=8)  # image-to-multiview: view 0 is the reference
+        ```
+"""
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class TuneMV3DPipelineOutput(BaseOutput):
+    """Output of :class:`TuneMV3DPipeline`.
+
+    Attributes:
+        images: ``B * V`` views, object-major: a list of PIL images, an ``np.ndarray [B*V, H, W, 3]``
+            in [0, 1], a ``torch.Tensor [B*V, 3, H, W]`` in [0, 1], or the raw latents for ``"latent"``.
+        cameras: the cameras of the views (batch shape ``[V]``, at the image resolution).
+        mesh: a ``trimesh.Trimesh`` with vertex colours (a list of them for several objects), or
+            ``None`` unless ``return_mesh=True``.
+    """
+
+    images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
+    cameras: Cameras
+    mesh: Optional[Any] = None
+
+
+class TuneMV3DPipeline(DiffusionPipeline):
+    r"""Multi-view generation with a frozen text-to-image UNet tuned by a TuneMV3D branch.
+
+    Args:
+        unet (`UNet2DConditionModel`): the frozen foundation denoiser (pixel space without ``vae``).
+        controlnet (`MultiViewControlNetModel`): the trained branch (§3.2).
+        neus (`LatentSparseNeuS`): the latent SparseNeuS of the branch (§3.1.1).
+        scheduler (`ConsistencyGuidanceScheduler`): wraps any diffusers scheduler; holds K and alpha.
+        text_encoder, tokenizer: the foundation's text encoder and tokenizer.
+        vae (`AutoencoderKL`, *optional*): present for latent-space (Stable Diffusion style) UNets.
+        reconstructor (`LatentSparseNeuS`, *optional*): the feed-forward mesh reconstructor (§3.5),
+            trained on clean pixel views; ``neus`` is used for meshes when absent.
+    """
+
+    model_cpu_offload_seq = "text_encoder->neus->controlnet->unet->vae->reconstructor"
+    _optional_components = ["vae", "reconstructor"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        controlnet: MultiViewControlNetModel,
+        neus: LatentSparseNeuS,
+        scheduler: ConsistencyGuidanceScheduler,
+        text_encoder,
+        tokenizer,
+        vae: Optional[AutoencoderKL] = None,
+        reconstructor: Optional[LatentSparseNeuS] = None,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, ConsistencyGuidanceScheduler):
+            scheduler = ConsistencyGuidanceScheduler.wrap(scheduler)
+        self.register_modules(
+            unet=unet, controlnet=controlnet, neus=neus, scheduler=scheduler, text_encoder=text_encoder,
+            tokenizer=tokenizer, vae=vae, reconstructor=reconstructor,
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def space_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def image_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
+                     callback_tensor_inputs=()):
+        if num_views is None or int(num_views) < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if prompt is not None and not isinstance(prompt, str) and not (
+            isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)
+        ):
+            raise ValueError(f"prompt must be a str or a non-empty list of str, got {type(prompt).__name__}")
+        if prompt is None and not references:
+            raise ValueError("prompt must be given unless image or reference_images is")
+        if negative_prompt is not None and not isinstance(negative_prompt, (str, list, tuple)):
+            raise ValueError(f"negative_prompt must be a str or a list of str, got {type(negative_prompt).__name__}")
+        if cameras is not None and (not isinstance(cameras, Cameras) or len(cameras.batch_shape) != 1 or len(cameras) != num_views):
+            got = len(cameras) if isinstance(cameras, Cameras) else type(cameras).__name__
+            raise ValueError(f"cameras must be Cameras of batch shape [num_views={num_views}], got {got}")
+        for index in references:
+            if not isinstance(index, int) or not 0 <= index < num_views:
+                raise ValueError(f"reference_images index {index!r} is out of range for num_views={num_views}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if consistency_ratio is not None and not 0.0 <= consistency_ratio <= 1.0:
+            raise ValueError(f"consistency_ratio must lie in [0, 1], got {consistency_ratio}")
+        unknown = set(callback_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}")
+
+    def preprocess_image(self, image, name: str) -> torch.Tensor:
+        """A reference image (PIL, ``np [H, W, 3]`` in [0, 1] or ``pt [3, H, W]`` in [0, 1]) -> ``[3, H, W]`` in [-1, 1]."""
+        size = self.image_size
+        if isinstance(image, PIL.Image.Image):
+            if image.mode == "RGBA":  # composite on white, the training background
+                white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = PIL.Image.alpha_composite(white, image)
+            tensor = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
+            tensor = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:
+            tensor = image.float()
+        else:
+            raise ValueError(f"{name} must be a PIL image, an np array [H, W, 3] or a tensor [3, H, W]")
+        if tuple(tensor.shape[-2:]) != (size, size):
+            raise ValueError(f"{name} is {tuple(tensor.shape[-2:])} but this pipeline makes {size}x{size} views; resize it")
+        return tensor * 2.0 - 1.0
+
+    def encode_prompt(self, prompts: List[str], device) -> torch.Tensor:
+        """Text embeddings ``[N, L, D]`` from the foundation's tokenizer and text encoder."""
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        kwargs = {}
+        if getattr(self.text_encoder.config, "use_attention_mask", False) or self.text_encoder.config.model_type == "t5":
+            kwargs["attention_mask"] = tokens.attention_mask.to(device)
+        return self.text_encoder(tokens.input_ids.to(device), **kwargs)[0]
+
+    def encode_views(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] ``[N, 3, H, W]`` -> the diffusion space (VAE latents when there is a VAE)."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
+        """The diffusion space -> images in [-1, 1]."""
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    # ------------------------------------------------------------------ one denoiser evaluation
+    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None) -> torch.Tensor:
+        """Branch + frozen UNet on the folded views; ``neus_output=None`` drops the NeuS (§3.3).
+
+        ``latents [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``; with classifier-free
+        guidance ``B`` is twice the number of objects and ``neus_output`` covers one half.
+        """
+        branch_inputs = {}
+        if neus_output is not None:
+            repeat = latents.shape[0] // neus_output.x0.shape[0]
+            branch_inputs = dict(
+                neus_render=neus_output.x0.repeat(repeat, 1, 1, 1, 1),
+                sample_points=neus_output.sample_points.repeat(repeat, 1, 1, 1, 1),
+                sample_weights=neus_output.sample_weights.repeat(repeat, 1, 1, 1),
+            )
+        down, mid = self.controlnet(latents, timesteps, text, cameras, return_dict=False, **branch_inputs)
+        num_views = latents.shape[1]
+        noise = self.unet(
+            fold_views(latents),
+            timesteps.reshape(-1),
+            text.repeat_interleave(num_views, 0),
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        return unfold_views(noise[:, : latents.shape[2]], num_views)  # drop a learned variance (IF)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: Optional[Union[str, List[str]]] = None,
+        num_views: int = 8,
+        cameras: Optional[Cameras] = None,
+        image=None,
+        reference_images: Optional[Dict[int, Any]] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 3.0,
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        consistency_ratio: Optional[float] = None,
+        consistency_scale: Optional[float] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_mesh: bool = False,
+        mesh_resolution: int = 64,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        num_images_per_prompt: int = 1,
+        return_dict: bool = True,
+    ):
+        r"""Generate ``num_views`` consistent views of each prompt's object.
+
+        Args:
+            prompt: a caption or a list of them (one object each); may be omitted with ``image``.
+            num_views: views V per object.
+            cameras: ``Cameras`` of batch shape ``[V]`` (any resolution); the default orbit otherwise
+                (elevation 20, azimuth every 360/V degrees).
+            image: image-to-multiview: the reference for view 0 (§3.4).
+            reference_images: multiview-to-multiview: ``{view index: image}`` clamped at t = 0.
+            num_inference_steps, guidance_scale, negative_prompt: as in diffusers.
+            consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None.
+            consistency_scale: alpha of eq. 4; the scheduler's config if None.
+            generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
+            callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` as in diffusers.
+            num_images_per_prompt: objects per prompt.
+
+        Returns:
+            :class:`TuneMV3DPipelineOutput` (or ``(images, cameras, mesh)`` with ``return_dict=False``).
+        """
+        # 1. Check inputs
+        references = dict(reference_images or {})
+        if image is not None:
+            references[0] = image
+        self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
+                          callback_on_step_end_tensor_inputs)
+        device, dtype = self._execution_device, self.unet.dtype
+        prompts = [prompt or ""] if prompt is None or isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        batch = len(prompts)
+        do_cfg = guidance_scale > 1.0
+
+        # 2. Cameras at the image and at the diffusion-space resolution
+        size = self.unet.config.sample_size
+        image_cameras = (cameras or default_cameras(num_views, self.image_size)).rescale(self.image_size, self.image_size)
+        space_cameras = image_cameras.rescale(size, size).to(device=device, dtype=self.neus.dtype)
+
+        # 3. Encode the prompt (negative first, as diffusers does)
+        text = self.encode_prompt(prompts, device)
+        if do_cfg:
+            negatives = negative_prompt or ""
+            negatives = [negatives] * batch if isinstance(negatives, str) else [n for n in negatives for _ in range(num_images_per_prompt)]
+            if len(negatives) != batch:
+                raise ValueError(f"negative_prompt has {len(negatives)} entries for {batch} objects")
+            text = torch.cat([self.encode_prompt(negatives, device), text])
+
+        # 4. Reference views (clean, in the diffusion space) and the views they clamp
+        reference_index = torch.tensor(sorted(references), dtype=torch.long, device=device)
+        reference_latents = None
+        if references:
+            pixels = torch.stack([self.preprocess_image(references[i], f"reference_images[{i}]") for i in sorted(references)])
+            reference_latents = self.encode_views(pixels.to(device)).to(dtype)  # [R, C, h, w]
+
+        # 5. Timesteps and consistency steps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        consistency_steps = self.scheduler.consistency_steps(num_inference_steps, consistency_ratio)
+
+        # 6. Initial noise
+        shape = (batch, num_views, self.space_channels, size, size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = self._clamp_references(latents.to(device=device, dtype=dtype), reference_index, reference_latents)
+
+        # 7. Denoising loop: all views of all objects in one batch
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                # 7.1 per-view timesteps: reference views are clean, at t = 0
+                view_t = torch.full((batch, num_views), int(t), device=device, dtype=torch.long)
+                view_t[:, reference_index] = 0
+                model_input = self._clamp_references(self.scheduler.scale_model_input(latents, t), reference_index, reference_latents)
+
+                # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3)
+                neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras)
+
+                # 7.3 branch + frozen UNet, with classifier-free guidance on the text
+                doubled = torch.cat([model_input] * 2) if do_cfg else model_input
+                doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
+                noise = self._guide_text(self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output), guidance_scale, do_cfg)
+
+                # 7.4 consistency guidance (§3.3): the same step without the NeuS condition
+                noise_without_neus = None
+                if i in consistency_steps:
+                    noise_without_neus = self._guide_text(
+                        self.predict_noise(doubled, doubled_t, text, space_cameras), guidance_scale, do_cfg
+                    )
+
+                # 7.5 scheduler step for every view (eq. 4 inside on consistency steps), references re-clamped
+                latents = self.scheduler.step(
+                    fold_views(noise),
+                    t,
+                    fold_views(latents),
+                    model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
+                    consistency_scale=consistency_scale,
+                    generator=generator,
+                ).prev_sample
+                latents = self._clamp_references(unfold_views(latents, num_views), reference_index, reference_latents)
+
+                if callback_on_step_end is not None:
+                    available = {"latents": latents}
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 8. Decode, mesh, post-process
+        mesh = self._reconstruct_meshes(latents, image_cameras, mesh_resolution) if return_mesh else None
+        images = self._postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, image_cameras, mesh
+        return TuneMV3DPipelineOutput(images=images, cameras=image_cameras, mesh=mesh)
+
+    # ------------------------------------------------------------------ helpers of __call__
+    @staticmethod
+    def _clamp_references(latents, reference_index, reference_latents):
+        """Put the clean reference views back in place (bit-identical)."""
+        if reference_latents is None:
+            return latents
+        latents = latents.clone()
+        latents[:, reference_index] = reference_latents
+        return latents
+
+    @staticmethod
+    def _guide_text(noise: torch.Tensor, guidance_scale: float, do_cfg: bool) -> torch.Tensor:
+        if not do_cfg:
+            return noise
+        uncond, cond = noise.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _views_in_unit_range(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[B, V, C, h, w]`` latents -> ``[B*V, 3, H, W]`` images in [0, 1]."""
+        return (self.decode_views(fold_views(latents)).float().clamp(-1, 1) + 1) / 2
+
+    def _postprocess(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return fold_views(latents)
+        images = self._views_in_unit_range(latents).cpu()
+        if output_type == "pt":
+            return images
+        array = images.permute(0, 2, 3, 1).numpy()
+        if output_type == "np":
+            return array
+        return self.numpy_to_pil(array)
+
+    def _reconstruct_meshes(self, latents: torch.Tensor, cameras: Cameras, resolution: int):
+        """§3.5: SDF of the final views (reconstructor on pixels, else the branch's NeuS at t = 0)
+        -> marching cubes -> vertex colours from the views."""
+        from ..mesh import color_vertices, mesh_from_neus
+
+        images = self._views_in_unit_range(latents)  # [B*V, 3, H, W] in [0, 1]
+        batch, num_views = latents.shape[:2]
+        if self.reconstructor is not None:
+            model, views = self.reconstructor, unfold_views(images * 2 - 1, num_views)
+            model_cameras = cameras
+        else:
+            model, views = self.neus, latents
+            model_cameras = cameras.rescale(latents.shape[-2], latents.shape[-1])
+        context = model.encode(views.to(model.dtype), 0, model_cameras.to(device=views.device, dtype=model.dtype))
+        meshes = []
+        for b in range(batch):
+            mesh = mesh_from_neus(model, context, resolution=resolution, object_index=b)
+            meshes.append(color_vertices(mesh, images[b * num_views : (b + 1) * num_views].cpu(), cameras))
+        return meshes[0] if batch == 1 else meshes

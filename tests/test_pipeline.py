@@ -1,0 +1,141 @@
+"""TuneMV3DPipeline with tiny random components in pixel space (IF-like) and latent space (SD-like)."""
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from diffusers_mv3d import Cameras, TuneMV3DPipeline
+from diffusers_mv3d.pipelines import CUSTOM_PIPELINE
+from dummies import randomize_branch, tiny_pipeline
+
+STEPS = 2
+
+
+def run(pipe, **kwargs):
+    kwargs.setdefault("num_views", 4)
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("output_type", "np")
+    if "generator" not in kwargs:  # (setdefault would reseed the global generator a caller passed)
+        kwargs["generator"] = torch.Generator().manual_seed(0)
+    return pipe(kwargs.pop("prompt", "a red chair with armrests"), **kwargs)
+
+
+@pytest.fixture(scope="module", params=["pixel", "latent"])
+def pipe(request):
+    pipe = tiny_pipeline(latent=request.param == "latent")
+    randomize_branch(pipe)
+    return pipe
+
+
+def test_output_types_and_shapes(pipe):
+    out = run(pipe)
+    assert isinstance(out.images, np.ndarray) and out.images.shape == (4, 16, 16, 3)
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert isinstance(out.cameras, Cameras) and len(out.cameras) == 4 and out.cameras.height == 16
+    assert out.mesh is None
+    pil = run(pipe, output_type="pil").images
+    assert len(pil) == 4 and isinstance(pil[0], PIL.Image.Image) and pil[0].size == (16, 16)
+    pt = run(pipe, output_type="pt").images
+    assert pt.shape == (4, 3, 16, 16)
+    latent = run(pipe, output_type="latent").images
+    assert latent.shape == (4, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    two = run(pipe, prompt=["a blue mug", "a red chair"], num_images_per_prompt=2)
+    assert two.images.shape == (16, 16, 16, 3)
+
+
+def test_same_seed_same_images(pipe):
+    first = run(pipe, output_type="latent").images
+    assert torch.equal(first, run(pipe, output_type="latent").images)
+    assert not torch.allclose(first, run(pipe, output_type="latent", generator=torch.Generator().manual_seed(1)).images)
+
+
+def test_reference_view_is_bit_identical(pipe):
+    reference = PIL.Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    with torch.no_grad():
+        clean = pipe.encode_views(pipe.preprocess_image(reference, "image")[None])  # [1, C, h, w]
+        expected = pipe._views_in_unit_range(clean[:, None])[0].permute(1, 2, 0).numpy()
+    latents = run(pipe, image=reference, output_type="latent").images
+    assert torch.equal(latents[0], clean[0])  # the clamped view is the reference, bit for bit
+    # pixel space: the image itself is bit-identical; latent space: up to the VAE decoding a batch
+    same = np.array_equal if pipe.vae is None else (lambda a, b: np.allclose(a, b, atol=1e-5))
+    out = run(pipe, image=reference)
+    assert same(out.images[0], expected)
+    out = run(pipe, reference_images={2: reference}, prompt=None)
+    assert same(out.images[2], expected)
+    assert not np.allclose(out.images[0], expected, atol=1e-2)
+
+
+def test_consistency_ratio_zero_is_plain_and_positive_changes(pipe):
+    plain = run(pipe, consistency_ratio=0.0).images
+    default_scheduler_ratio = pipe.scheduler.config.consistency_ratio
+    assert default_scheduler_ratio == 0.0
+    assert np.array_equal(run(pipe).images, plain)
+    guided = run(pipe, consistency_ratio=1.0, consistency_scale=7.5).images
+    assert not np.allclose(guided, plain)
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_fresh_branch_equals_the_frozen_unet_alone(latent):
+    pipe = tiny_pipeline(latent=latent)
+    out = run(pipe, output_type="latent", guidance_scale=3.0)
+    # the frozen UNet sampling each view independently from the same noise, written out by hand
+    scheduler = pipe.scheduler.inner
+    scheduler.set_timesteps(STEPS)
+    shape = (1, 4, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).flatten(0, 1)
+    with torch.no_grad():
+        text = torch.cat([pipe.encode_prompt([""], "cpu"), pipe.encode_prompt(["a red chair with armrests"], "cpu")])
+        text = text.repeat_interleave(4, 0)
+        for t in scheduler.timesteps:
+            noise = pipe.unet(torch.cat([x, x]), t, text).sample
+            uncond, cond = noise.chunk(2)
+            x = scheduler.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+    assert torch.allclose(out.images, x, atol=1e-5)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = TuneMV3DPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded).images, run(pipe).images)
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "pipe", custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)
+    assert type(generic).__name__ == "TuneMV3DPipeline"
+    generic.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(generic).images, run(pipe).images)
+    assert not list((tmp_path / "pipe").rglob("*.bin"))
+
+
+def test_to_dtype_and_callback(pipe):
+    seen = []
+
+    def callback(p, step, timestep, kwargs):
+        seen.append(step)
+        return {"latents": kwargs["latents"]}
+
+    run(pipe, callback_on_step_end=callback)
+    assert seen == list(range(STEPS))
+
+
+def test_custom_cameras_are_used(pipe):
+    cameras = Cameras.orbit(30.0, [0, 90, 180, 270], height=64)
+    out = run(pipe, cameras=cameras)
+    assert out.cameras.height == 16
+    assert torch.allclose(out.cameras.world_to_camera, cameras.world_to_camera)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_views=0), "num_views"),
+        (dict(image=PIL.Image.new("RGB", (20, 20))), "resize"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(reference_images={7: PIL.Image.new("RGB", (16, 16))}), "reference_images"),
+        (dict(cameras=Cameras.orbit(20.0, [0.0, 90.0], height=16)), "cameras"),
+        (dict(prompt=3), "prompt"),
+        (dict(consistency_ratio=2.0), "consistency_ratio"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run(pipe, **kwargs)
