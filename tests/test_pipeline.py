@@ -139,3 +139,25 @@ def test_custom_cameras_are_used(pipe):
 def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         run(pipe, **kwargs)
+
+
+def test_mesh_of_an_sdf_sphere_is_coloured_and_exports_to_glb(tmp_path):
+    import trimesh
+
+    from diffusers_mv3d.mesh import export_mesh
+
+    class Sphere(torch.nn.Module):
+        def forward(self, points, features, directions, temb):
+            return points.norm(dim=-1) - 0.5, torch.zeros(*points.shape[:-1], 3)
+
+    pipe = tiny_pipeline()
+    pipe.neus.field = Sphere()
+    out = run(pipe, return_mesh=True, mesh_resolution=24)
+    assert len(out.mesh.vertices) > 50 and len(out.mesh.faces) > 50
+    radii = np.linalg.norm(out.mesh.vertices, axis=1)
+    assert np.allclose(radii, 0.5, atol=0.05)
+    colours = out.mesh.visual.vertex_colors
+    assert colours.shape == (len(out.mesh.vertices), 4)
+    path = export_mesh(out.mesh, tmp_path / "sphere.glb")
+    loaded = trimesh.load(path, force="mesh")
+    assert len(loaded.vertices) == len(out.mesh.vertices)
