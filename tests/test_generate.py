@@ -1,0 +1,69 @@
+"""`diffusers-mv3d generate` on a tiny pipeline folder: the files it promises, atomically written."""
+import json
+import subprocess
+import sys
+
+import PIL.Image
+import pytest
+import trimesh
+
+from diffusers_mv3d.cli import main
+from diffusers_mv3d.generate import view_grid
+from dummies import randomize_branch, tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    pipe = tiny_pipeline()
+    randomize_branch(pipe)
+    folder = tmp_path_factory.mktemp("model")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_generate_writes_views_grid_cameras_mesh_and_turntable(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["generate", "a red chair with armrests", "--model", str(model_dir), "--views", "4", "--steps", "2",
+                 "--out", str(out), "--mesh-resolution", "16"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("view_*.png")) == [f"view_{i:02d}.png" for i in range(4)]
+    assert PIL.Image.open(out / "views.png").size == (4 * 16, 16)
+    cameras = json.loads((out / "cameras.json").read_text())
+    assert len(cameras["views"]) == 4 and cameras["height"] == 16 and cameras["prompt"].startswith("a red chair")
+    assert len(trimesh.load(out / "mesh.glb", force="mesh").vertices) > 0
+    assert PIL.Image.open(out / "turntable.gif").n_frames == 24
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert str(out) in capsys.readouterr().out
+
+
+def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_path):
+    reference = PIL.Image.new("RGB", (16, 16), (200, 30, 30))
+    reference.save(tmp_path / "ref.png")
+    out = tmp_path / "out"
+    main(["generate", "--image", str(tmp_path / "ref.png"), "--model", str(model_dir), "--views", "2", "--steps", "2",
+          "--out", str(out), "--no-mesh"])
+    assert PIL.Image.open(out / "view_00.png").getpixel((8, 8)) == (200, 30, 30)
+    assert not (out / "mesh.glb").exists()
+
+
+def test_generate_bad_arguments_exit_with_a_message(model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--views"):
+        main(["generate", "a mug", "--model", str(model_dir), "--views", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--image"):
+        main(["generate", "--image", str(tmp_path / "missing.png"), "--model", str(model_dir), "--out", str(tmp_path)])
+
+
+def test_console_script_runs_in_a_subprocess(model_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusers_mv3d.cli", "generate", "a blue mug", "--model", str(model_dir), "--views", "2",
+         "--steps", "1", "--out", str(tmp_path / "o"), "--no-mesh"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "views.png").exists()
+
+
+def test_view_grid_tiles_views():
+    grid = view_grid([PIL.Image.new("RGB", (4, 4), c) for c in ("red", "green", "blue")], columns=2)
+    assert grid.size == (8, 8)
+    assert grid.getpixel((5, 1)) == (0, 128, 0) and grid.getpixel((5, 5)) == (255, 255, 255)
