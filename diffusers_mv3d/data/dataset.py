@@ -21,14 +21,17 @@ from .format import TMP_PREFIX, ZERO123_FOV, ObjectFolder, ObjectFolderError, op
 
 
 def _to_tensors(rgba: np.ndarray, resolution: Optional[int]):
-    """``[V, H, W, 4]`` straight RGBA in 0..1 -> (images ``[V, 3, h, w]`` in [-1, 1] over white, masks ``[V, 1, h, w]`` 0/1)."""
+    """``[V, H, W, 4]`` straight RGBA in 0..1 -> (images ``[V, 3, h, w]`` in [-1, 1] over white, masks ``[V, 1, h, w]``).
+
+    The mask is 1 where the (resized) alpha, the pixel's coverage, is at least 0.5.
+    """
     x = torch.from_numpy(np.ascontiguousarray(rgba)).permute(0, 3, 1, 2)  # (V, 4, H, W)
     alpha = x[:, 3:]
     rgb = x[:, :3] * alpha + (1 - alpha)  # over white
     if resolution is not None and tuple(rgb.shape[-2:]) != (resolution, resolution):
         rgb = F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
         alpha = F.interpolate(alpha, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return (rgb.clamp(0, 1) * 2 - 1).contiguous(), (alpha > 0.5).float()
+    return (rgb.clamp(0, 1) * 2 - 1).contiguous(), (alpha >= 0.5).float()
 
 
 def _evenly_spaced(count: int, total: int) -> List[int]:

@@ -225,6 +225,13 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def _context():
+    """Fork where the platform has it: workers start at once, without importing the package again
+    (seconds with torch and diffusers); they use torch only for small single-threaded camera maths."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def _run(task: Callable, config: RenderConfig, items: Sequence, description: str) -> List[str]:
     """Run ``task(config, item)`` over ``items`` with a progress bar; returns the failure messages."""
     failures = []
@@ -233,7 +240,7 @@ def _run(task: Callable, config: RenderConfig, items: Sequence, description: str
         results = (task(config, item) for item in items)
         pool = None
     else:
-        pool = multiprocessing.get_context("spawn").Pool(min(config.workers, len(items)), initializer=_worker_init)
+        pool = _context().Pool(min(config.workers, len(items)), initializer=_worker_init)
         results = pool.imap_unordered(_Bound(task, config), items, chunksize=1)
     try:
         for message in results:
