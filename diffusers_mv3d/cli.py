@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional
 
 from .data import render_dataset
-from .training import train_foundation
+from .training import train_foundation, train_reconstructor, train_tunemv3d
 
 
 def _not_yet(subparsers, name: str) -> None:
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     _not_yet(sub, "generate")
     render_dataset.add_parser(sub)
     train_foundation.add_parser(sub)
-    _not_yet(sub, "train")
-    _not_yet(sub, "train-reconstructor")
+    train_tunemv3d.add_parser(sub)
+    train_reconstructor.add_parser(sub)
     _not_yet(sub, "evaluate")
     _not_yet(sub, "demo")
     return parser

@@ -1,0 +1,531 @@
+"""Train the feed-forward reconstructor of §3.5: a :class:`LatentSparseNeuS` on *clean* views.
+
+The same class as the NeuS inside TuneMV3D, here in pixel space (3 channels) at timestep 0: it
+encodes the 8 input views of an object once and renders random rays (``--rays-per-view`` pixels,
+the same in every view) of all 16 views, supervised by the rendered colours (MSE), the masks (BCE on
+the opacity, ``--mask-loss-weight``) and optionally the eikonal term ``(|grad sdf| - 1)^2`` at
+random points in the bounding cube (``--eikonal-weight``; double backward, ~2x a step on CPUs). At
+generation time it turns the generated views into an SDF, and ``extract_mesh`` into the mesh.
+
+Launch::
+
+    diffusers-mv3d render --split objects3d --num-objects 2000 --resolution 32 --out data/objects3d
+    diffusers-mv3d train-reconstructor --config configs/reconstructor-tiny.yaml
+    diffusers-mv3d train-reconstructor --config configs/reconstructor-tiny.yaml --resume latest
+    diffusers-mv3d train-reconstructor --config configs/reconstructor-tiny.yaml --dry-run
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        -m diffusers_mv3d.cli train-reconstructor --config configs/reconstructor-tiny.yaml
+
+Outputs under ``--output-dir``: ``model/`` (``reconstructor/`` via ``save_pretrained`` and a README.md
+model card; rewritten at every checkpoint), ``checkpoints/checkpoint-NNNNNN/`` (safetensors + JSON),
+``samples/step-NNNNNN.png`` (rows: input views, their renders, novel views, their renders, opacity)
+and ``step-NNNNNN.glb`` (the validation object's mesh), ``log.jsonl`` and ``config.yaml``.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras
+from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
+from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
+from .train_foundation import StepBatchSampler, _prune_checkpoints, _write_atomically, latest_checkpoint, peak_rss_mb, save_grid, step_generator
+from .train_tunemv3d import (
+    append_log,
+    build_lr_scheduler,
+    check_architecture,
+    gather_pixels,
+    load_training_checkpoint,
+    make_accelerator,
+    reduce_mean,
+    render_losses,
+    resolve_resume,
+    save_training_checkpoint,
+    weights_sha256,
+)
+
+__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
+
+LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
+
+
+@dataclass
+class ReconstructorTrainConfig:
+    """Every setting of ``diffusers-mv3d train-reconstructor`` (flags are the field names with dashes)."""
+
+    # data and outputs
+    data_dir: str = "data/objects3d"
+    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+    output_dir: str = "runs/reconstructor-tiny"
+    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    resolution: int = 32
+    """Views are resized to this square size in pixels."""
+    num_input_views: int = 8
+    """Views an object the reconstructor encodes."""
+    num_supervision_views: int = 8
+    """Further views an object that only supervise renders (novel views)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    # optimisation
+    max_train_steps: int = 20000
+    """Optimizer steps of the whole run (the schedule spans these)."""
+    batch_size: int = 4
+    """Global batch in objects an optimizer step, split evenly across processes."""
+    learning_rate: float = 1e-3
+    """Peak AdamW learning rate."""
+    lr_scheduler: str = "cosine"
+    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
+    lr_warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    seed: int = 0
+    """Seeds the initial weights and, with the step number, each step's batch order, rays and eikonal points."""
+    mixed_precision: str = "no"
+    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs)."""
+
+    # losses
+    rays_per_view: int = 128
+    """Random pixels rendered in every input and supervision view a step (the same pixels in each view)."""
+    mask_loss_weight: float = 0.1
+    """Weight of the BCE between the rendered opacity and the object masks."""
+    eikonal_weight: float = 0.0
+    """Weight of the eikonal term (|grad sdf| - 1)^2 at random points in the bounding cube; 0 skips it (it needs a double backward)."""
+    eikonal_points: int = 256
+    """Random points an object for the eikonal term."""
+
+    # the NeuS (its config is saved with the weights)
+    feature_channels: int = 16
+    """Channels of the encoded view features."""
+    encoder_channels: int = 32
+    """Width of the view encoder."""
+    encoder_downsample: int = 2
+    """Stride of the view encoder (features at resolution / stride)."""
+    hidden_dim: int = 64
+    """Width of the SDF and colour MLPs."""
+    num_sdf_layers: int = 3
+    """Depth of the SDF MLP."""
+    num_color_layers: int = 2
+    """Depth of the colour MLP."""
+    num_frequencies: int = 4
+    """Positional-encoding frequencies of the 3D points."""
+    num_coarse_samples: int = 16
+    """Stratified samples a ray."""
+    num_importance_samples: int = 8
+    """Importance samples a ray (from the coarse weights)."""
+    init_radius: float = 0.5
+    """Radius of the initial SDF sphere."""
+    chunk_size: int = 16384
+    """Rays rendered at once (bounds peak memory, not the result)."""
+
+    # checkpoints, validation, stopping, Hub
+    checkpointing_steps: int = 250
+    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
+    checkpoints_total_limit: int = 3
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: Optional[str] = None
+    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
+    stop_at_step: int = 0
+    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
+    max_minutes: float = 0.0
+    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
+    validation_steps: int = 500
+    """Render the validation object's views (and mesh) every this many steps and at the end (0 = never)."""
+    validation_mesh_resolution: int = 48
+    """Marching-cubes grid of the validation mesh (0 = no mesh)."""
+    log_every: int = 10
+    """Append the losses, lr, samples/s and peak RSS to log.jsonl every this many steps."""
+    push_to_hub: bool = False
+    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
+    hub_model_id: Optional[str] = None
+    """Hub repository (owner/name) of --push-to-hub."""
+    hub_private: bool = False
+    """Create the Hub repository private."""
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, field: str, requirement: str) -> None:
+            if not ok:
+                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
+
+        check(bool(self.data_dir), "data_dir", "must name a folder")
+        check(bool(self.output_dir), "output_dir", "must name a folder")
+        check(self.resolution > 0, "resolution", "must be > 0")
+        check(self.num_input_views >= 1, "num_input_views", "must be >= 1")
+        check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
+        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        check(self.rays_per_view >= 1, "rays_per_view", "must be >= 1")
+        check(self.mask_loss_weight >= 0, "mask_loss_weight", "must be >= 0")
+        check(self.eikonal_weight >= 0, "eikonal_weight", "must be >= 0")
+        check(self.eikonal_points >= 1, "eikonal_points", "must be >= 1")
+        for name in ("feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers",
+                     "num_color_layers", "chunk_size"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.num_frequencies >= 0, "num_frequencies", "must be >= 0")
+        check(self.num_coarse_samples >= 2, "num_coarse_samples", "must be >= 2")
+        check(self.num_importance_samples >= 0, "num_importance_samples", "must be >= 0")
+        check(0 < self.init_radius < 1, "init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
+        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
+        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
+        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
+        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
+        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
+              "validation_mesh_resolution", "must be 0 or >= 8")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+
+    def architecture(self) -> Dict[str, object]:
+        """The settings that fix the weights' shapes (a resumed run must keep them)."""
+        names = ("feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers",
+                 "num_color_layers", "num_frequencies", "num_coarse_samples", "num_importance_samples", "init_radius")
+        return {name: config_to_dict(self)[name] for name in names}
+
+
+def build_reconstructor(cfg: ReconstructorTrainConfig):
+    """A fresh pixel-space :class:`LatentSparseNeuS` (3 channels, white background), seeded by ``--seed``."""
+    from ..models.latent_sparse_neus import LatentSparseNeuS
+
+    torch.manual_seed(cfg.seed)
+    return LatentSparseNeuS(
+        in_channels=3,
+        feature_channels=cfg.feature_channels,
+        encoder_channels=cfg.encoder_channels,
+        encoder_downsample=cfg.encoder_downsample,
+        hidden_dim=cfg.hidden_dim,
+        num_sdf_layers=cfg.num_sdf_layers,
+        num_color_layers=cfg.num_color_layers,
+        num_frequencies=cfg.num_frequencies,
+        num_coarse_samples=cfg.num_coarse_samples,
+        num_importance_samples=cfg.num_importance_samples,
+        render_resolution=None,  # full resolution: the reconstructor renders what it is given
+        init_radius=cfg.init_radius,
+        background=1.0,
+        chunk_size=cfg.chunk_size,
+    )
+
+
+class ReconstructorStep(torch.nn.Module):
+    """The reconstructor's trained forward as one module (what DDP wraps): encode the clean input views
+    at t = 0, render rays of the query cameras, and the SDF gradients at the eikonal points."""
+
+    def __init__(self, neus):
+        super().__init__()
+        self.neus = neus
+
+    def forward(self, views, cameras, query_cameras, pixel_indices, eikonal_points=None):
+        """
+        Args:
+            views: ``[B, V, 3, H, W]`` clean views in [-1, 1]; cameras ``[B, V]`` at ``H x W``.
+            query_cameras: ``[B, Vq]``; pixel_indices: ``[N]`` row-major pixels rendered in each.
+            eikonal_points: ``[B, P, 3]`` world points or None.
+
+        Returns:
+            a dict: ``colors [B, Vq, N, 3]``, ``opacity [B, Vq, N]`` and ``sdf_gradients [B, P, 3]``.
+        """
+        context = self.neus.encode(views, 0, cameras)
+        rays = self.neus.render(context, query_cameras, pixel_indices)
+        out = {"colors": rays.colors, "opacity": rays.opacity}
+        if eikonal_points is not None:
+            points = eikonal_points.requires_grad_(True)
+            sdf = self.neus.sdf(points, context)
+            (out["sdf_gradients"],) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
+        return out
+
+
+def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfig, generator: torch.Generator,
+                          device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The weighted reconstructor loss of one :func:`collate_multiview` batch and its parts (floats)."""
+    images = batch["images"].to(device)  # B V 3 H W
+    targets = torch.cat([images, batch["supervision_images"].to(device)], 1)  # B (V + Vs) 3 H W
+    masks = torch.cat([batch["masks"], batch["supervision_masks"]], 1).to(device)
+    cameras = batch["cameras"].to(device)
+    query = Cameras.cat([cameras, batch["supervision_cameras"].to(device)], dim=1)  # B (V + Vs)
+    b, (height, width) = images.shape[0], images.shape[-2:]
+    # every random draw of the step, in a fixed order
+    pixel_indices = torch.randperm(height * width, generator=generator)[: min(cfg.rays_per_view, height * width)]
+    points = torch.rand(b, cfg.eikonal_points, 3, generator=generator) * 2 - 1  # the object cube [-1, 1]^3
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # NeuS ray jitter (global RNG)
+
+    out = step_module(images, cameras, query, pixel_indices.to(device),
+                      points.to(device) if cfg.eikonal_weight > 0 else None)
+    loss_reconstruction, loss_mask = render_losses(out["colors"], out["opacity"], gather_pixels(targets, pixel_indices.to(device)),
+                                                   gather_pixels(masks, pixel_indices.to(device))[..., 0])
+    loss = loss_reconstruction + cfg.mask_loss_weight * loss_mask
+    parts = {"loss_reconstruction": loss_reconstruction.item(), "loss_mask": loss_mask.item()}
+    if "sdf_gradients" in out:
+        loss_eikonal = ((out["sdf_gradients"].norm(dim=-1) - 1.0) ** 2).mean()
+        loss = loss + cfg.eikonal_weight * loss_eikonal
+        parts["loss_eikonal"] = loss_eikonal.item()
+    return loss, parts
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a.float(), b.float()).clamp(min=1e-10)
+    return float(10 * torch.log10(4.0 / mse))
+
+
+@torch.no_grad()
+def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: int = 0):
+    """Full renders of the validation object's input and supervision views.
+
+    Returns ``(grid [5 V, 3, H, W], metrics, mesh or None)``: rows of input views, their renders,
+    supervision views, their renders (padded to V columns) and opacity of the input views.
+    """
+    views = item["images"][None].to(device)
+    cameras = item["cameras"].to(device).expand(1)
+    query = Cameras.cat([cameras, item["supervision_cameras"].to(device).expand(1)], dim=1)
+    was_training = neus.training
+    neus.eval()
+    try:
+        context = neus.encode(views, 0, cameras)
+        rays = neus.render(context, query)
+        mesh = None
+        if mesh_resolution:
+            try:
+                mesh = neus.extract_mesh(context, mesh_resolution)
+            except ValueError:  # an SDF without a surface yet (early training)
+                mesh = None
+    finally:
+        neus.train(was_training)
+    v, (h, w) = views.shape[1], views.shape[-2:]
+    rendered = rays.colors[0].reshape(-1, h, w, 3).permute(0, 3, 1, 2)  # (V + Vs) 3 H W
+    opacity = rays.opacity[0].reshape(-1, 1, h, w)[:v].expand(-1, 3, -1, -1) * 2 - 1
+    truth = torch.cat([views[0], item["supervision_images"].to(device)])
+    metrics = {"val_input_psnr": psnr(rendered[:v], truth[:v])}
+    if len(truth) > v:
+        metrics["val_novel_psnr"] = psnr(rendered[v:], truth[v:])
+
+    def row(images: torch.Tensor) -> torch.Tensor:  # pad / cut to V columns
+        if len(images) >= v:
+            return images[:v]
+        return torch.cat([images, torch.ones(v - len(images), 3, h, w, device=images.device)])
+
+    grid = torch.cat([row(truth[:v]), row(rendered[:v]), row(truth[v:]), row(rendered[v:]), opacity])
+    return grid.clamp(-1, 1), metrics, mesh
+
+
+USAGE = """
+from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
+
+reconstructor = LatentSparseNeuS.from_pretrained("PATH", subfolder="reconstructor")
+context = reconstructor.encode(views, 0, cameras)       # views [1, V, 3, H, W] in [-1, 1]
+mesh = reconstructor.extract_mesh(context, resolution=128)
+"""
+
+
+def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: int, log_path: Path) -> None:
+    """``model/``: ``reconstructor/`` (save_pretrained, safetensors) and README.md, atomically."""
+
+    def write(tmp: Path) -> None:
+        neus.save_pretrained(tmp / "reconstructor", safe_serialization=True)
+        write_model_card(
+            tmp,
+            title="TuneMV3D reconstructor: feed-forward SparseNeuS on clean views",
+            description=("The post-processing model of TuneMV3D §3.5: a LatentSparseNeuS trained on clean multi-view "
+                         "renders (pixel space, t = 0) that turns generated views into an SDF and a mesh in one "
+                         "forward pass. The `reconstructor` component of a TuneMV3DPipeline."),
+            base_model="none (trained from scratch)",
+            data=cfg.data_dir,
+            steps=step,
+            losses=losses_from_log(log_path, LOSS_KEYS),
+            command=command_line("diffusers-mv3d train-reconstructor", cfg),
+            components={"reconstructor": "LatentSparseNeuS (diffusers_mv3d), in_channels 3"},
+            settings=cfg,
+            tags=("diffusers", "diffusers-mv3d", "tunemv3d", "sparseneus", "image-to-3d"),
+            usage=USAGE,
+        )
+
+    _write_atomically(folder, write)
+
+
+def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
+    """Train; returns a summary (final step, last losses, samples/s, peak RSS, folders, weights hash)."""
+    from tqdm.auto import tqdm
+
+    from ..data.dataset import MultiViewDataset, collate_multiview
+    from ..models.latent_sparse_neus import LatentSparseNeuS
+
+    # 1. Processes, folders, data
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    device = accelerator.device
+    output_dir = Path(cfg.output_dir)
+    checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
+    if not os.path.isdir(cfg.data_dir):
+        raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
+                         "`diffusers-mv3d render --split objects3d --out DIR`)")
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    resume_from = resolve_resume(cfg)
+
+    # 2. Model: fresh, or the weights of the checkpoint
+    if resume_from is None:
+        neus = build_reconstructor(cfg)
+    else:
+        check_architecture(cfg, resume_from)
+        neus = LatentSparseNeuS.from_pretrained(resume_from / "reconstructor")
+    step_module = ReconstructorStep(neus).to(device).train()
+
+    # 3. Optimizer, schedule
+    optimizer = torch.optim.AdamW(neus.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999),
+                                  weight_decay=cfg.weight_decay)
+    lr_scheduler = build_lr_scheduler(optimizer, cfg)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_training_checkpoint(resume_from, optimizer, lr_scheduler)
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    raw = accelerator.unwrap_model(step_module)
+    params = list(raw.parameters())
+
+    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_multiview,
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, str(output_dir / "config.yaml"))
+
+    def write_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, {"reconstructor": raw.neus},
+                                     optimizer, lr_scheduler, cfg)
+            save_model_folder(output_dir / "model", raw.neus, cfg, step, log_path)
+            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+
+    def write_samples(step: int) -> None:
+        if accelerator.is_main_process:
+            grid, metrics, mesh = validation_renders(raw.neus, dataset[0], device, cfg.validation_mesh_resolution)
+            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+            save_grid(grid, str(output_dir / "samples" / f"step-{step:06d}.png"), ncol=cfg.num_input_views)
+            if mesh is not None:
+                mesh.export(str(output_dir / "samples" / f"step-{step:06d}.glb"))
+            append_log(log_path, {"step": step, **metrics, "mesh_faces": 0 if mesh is None else len(mesh.faces)})
+        accelerator.wait_for_everyone()
+
+    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
+    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc="train-reconstructor")
+    started = time.time()
+    window_start, window_steps = time.time(), 0
+    samples_per_s, last, step, process_loss = 0.0, {"loss": float("nan")}, start_step, float("nan")
+    for step, batch in zip(range(start_step, end_step), loader):
+        generator = step_generator(cfg.seed, step, rank)
+        with accelerator.autocast():
+            loss, parts = reconstruction_losses(step_module, batch, cfg, generator, device)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        process_loss = loss.item()
+        last = reduce_mean(accelerator, {"loss": process_loss, **parts})  # logged: the mean over processes
+        window_steps += 1
+        if window_steps == 10 or done == end_step:
+            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
+            window_start, window_steps = time.time(), 0
+        lr = lr_scheduler.get_last_lr()[0]
+        progress.update(1)
+        progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", objects_s=f"{samples_per_s:.2f}")
+        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
+            append_log(log_path, {"step": done, **last, "lr": lr, "grad_norm": float(grad_norm),
+                                  "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
+                                  "minutes": (time.time() - started) / 60})
+
+        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
+            accelerator.set_trigger()
+        out_of_time = accelerator.check_trigger()
+        wrote = False
+        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
+            write_checkpoint(done)
+            wrote = True
+        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
+            write_samples(done)
+            wrote = True
+        if wrote:
+            window_start, window_steps = time.time(), 0
+        step = done
+        if out_of_time:
+            break
+    progress.close()
+    if cfg.push_to_hub and accelerator.is_main_process and step == cfg.max_train_steps:
+        push_folder_to_hub(output_dir / "model", cfg.hub_model_id, cfg.hub_private, f"TuneMV3D reconstructor, step {step}")
+    accelerator.end_training()
+    return {
+        "step": step,
+        **last,
+        "samples_per_s": samples_per_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "model": str(output_dir / "model"),
+        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
+        "rank": rank,
+        "process_loss": process_loss,
+        "weights_sha256": weights_sha256(raw.neus),
+    }
+
+
+def add_parser(subparsers) -> None:
+    """Register ``train-reconstructor`` with the ``diffusers-mv3d`` sub-command parser."""
+    import argparse
+
+    parser = subparsers.add_parser(
+        "train-reconstructor",
+        help="train the feed-forward SparseNeuS reconstructor (views -> SDF -> mesh, §3.5)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, ReconstructorTrainConfig)
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    import sys
+
+    try:
+        cfg = resolve_or_exit(ReconstructorTrainConfig, args)
+        if cfg is None:
+            return 0
+        summary = main(cfg)
+    except ValueError as error:
+        if not str(error).startswith("--"):  # not a user error naming its flag: keep the traceback
+            raise
+        print(f"diffusers-mv3d train-reconstructor: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))  # one line a process (DDP ranks each print theirs)
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="train_reconstructor")
+    _sub = _parser.add_subparsers(dest="command")
+    add_parser(_sub)
+    sys.exit(run_from_args(_parser.parse_args(["train-reconstructor", *sys.argv[1:]])))

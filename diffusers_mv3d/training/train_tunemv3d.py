@@ -1,0 +1,1048 @@
+"""Tune a frozen text-to-image foundation into TuneMV3D (paper §3, DESIGN.md §3 "Training").
+
+The foundation (a diffusers pipeline folder: ours from ``train-foundation``, any Stable Diffusion
+folder with ``vae/``, or DeepFloyd-IF stage I) stays frozen: UNet, text encoder and VAE. Two new
+models train: ``controlnet`` (:class:`MultiViewControlNetModel`, a copy of the UNet encoder with the
+NeuS condition and geometry-aware attention) and ``neus`` (:class:`LatentSparseNeuS`, in the space
+the UNet denoises). One step, per object of the batch:
+
+1. 16 rendered views: the 8 input views are noised at one shared t (the foundation's DDPM
+   schedule), the 8 others only supervise the NeuS (novel-view reconstruction, §4.1).
+2. NeuS encodes the noisy input views once and renders the input cameras in full at
+   ``--neus-render-resolution`` (the centralized condition) and a random subset of
+   ``--supervision-rays`` pixels of every supervision view.
+3. The branch turns the render (and its samples, for the geometry-aware attention) into residuals
+   for the frozen UNet; for ``--neus-dropout`` of the objects it runs without the NeuS (the
+   consistency-guidance pass of §3.3 then has been trained). ``--caption-dropout`` of the captions
+   are empty (classifier-free guidance).
+4. Loss = ``--diffusion-loss-weight`` x noise-prediction MSE (epsilon or v, as the foundation's
+   scheduler predicts) + ``--reconstruction-loss-weight`` x MSE of the NeuS renders against the
+   clean views in the diffusion space (VAE latents x scaling_factor for a latent UNet) +
+   ``--mask-loss-weight`` x BCE of the rendered opacity against the object masks.
+
+Launch (the data comes from ``diffusers-mv3d render``, the foundation from ``train-foundation``)::
+
+    diffusers-mv3d render --split objects3d --num-objects 2000 --resolution 32 --out data/objects3d
+    diffusers-mv3d train --config configs/tunemv3d-tiny.yaml
+    # stopped (Ctrl-C, --stop-at-step, --max-minutes)? continue exactly where the last checkpoint left off
+    diffusers-mv3d train --config configs/tunemv3d-tiny.yaml --resume latest
+    # see the resolved settings without training
+    diffusers-mv3d train --config configs/tunemv3d-tiny.yaml --dry-run
+    # a Stable Diffusion foundation (latent space): the render resolution is in latent pixels
+    diffusers-mv3d train --config configs/tunemv3d-tiny.yaml --pretrained-model path/to/sd-folder \\
+        --resolution 256 --neus-render-resolution 0
+
+    # two processes (DDP; gloo on CPU, NCCL on GPUs); --batch-size stays the global batch
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        -m diffusers_mv3d.cli train --config configs/tunemv3d-tiny.yaml
+
+Outputs under ``--output-dir``: ``model/`` (``controlnet/``, ``neus/`` via ``save_pretrained`` and a
+README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub``),
+``checkpoints/checkpoint-NNNNNN/`` (safetensors + JSON, no pickle), ``samples/step-NNNNNN.png``
+(validation grids), ``log.jsonl`` and ``config.yaml``.
+"""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
+from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
+from .text import encode_prompts
+from .train_foundation import (
+    STATE_FILE,
+    StepBatchSampler,
+    _prune_checkpoints,
+    _write_atomically,
+    latest_checkpoint,
+    peak_rss_mb,
+    save_grid,
+    step_generator,
+)
+
+__all__ = [
+    "Foundation",
+    "TuneMV3DBranch",
+    "TuneMV3DTrainConfig",
+    "add_parser",
+    "build_branch",
+    "load_foundation",
+    "main",
+    "render_losses",
+    "training_losses",
+]
+
+LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneMV3DTrainConfig:
+    """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes)."""
+
+    # foundation, data and outputs
+    pretrained_model: str = "runs/foundation-tiny/pipeline"
+    """The frozen foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
+    data_dir: str = "data/objects3d"
+    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+    output_dir: str = "runs/tunemv3d-tiny"
+    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    resolution: int = 32
+    """Views are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
+    num_input_views: int = 8
+    """Noised views an object (the branch and the UNet see them; the NeuS renders them in full)."""
+    num_supervision_views: int = 8
+    """Further views an object that only supervise the NeuS renders (ray subsets)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    # optimisation
+    max_train_steps: int = 20000
+    """Optimizer steps of the whole run (the schedule spans these)."""
+    batch_size: int = 2
+    """Global batch in objects an optimizer step (each brings its input + supervision views), split evenly across processes."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the branch (ControlNet copy, zero convolutions, geometry-aware attention)."""
+    neus_learning_rate: float = 1e-3
+    """Peak AdamW learning rate of the LatentSparseNeuS."""
+    lr_scheduler: str = "constant"
+    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
+    lr_warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    seed: int = 0
+    """Seeds the new weights and, with the step number, each step's batch order, dropouts, timesteps, noise and rays."""
+    mixed_precision: str = "no"
+    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
+
+    # losses
+    diffusion_loss_weight: float = 1.0
+    """Weight of the noise-prediction MSE of the frozen UNet + branch on the input views."""
+    reconstruction_loss_weight: float = 1.0
+    """Weight of the MSE between the NeuS renders and the clean views (all input + supervision views) in the diffusion space."""
+    mask_loss_weight: float = 0.1
+    """Weight of the BCE between the rendered opacity and the object masks."""
+    supervision_rays: int = 128
+    """Random pixels a supervision view renders a step (the same pixels in each view), at the diffusion-space resolution."""
+    caption_dropout: float = 0.1
+    """Fraction of captions replaced by "" (classifier-free guidance)."""
+    neus_dropout: float = 0.1
+    """Fraction of objects whose branch runs without the NeuS render and samples (trains the consistency-guidance pass, §3.3)."""
+
+    # branch
+    geometry_attention_levels: Tuple[int, ...] = (0,)
+    """UNet down blocks after which geometry-aware attention runs (block 0's output is at resolution / 2)."""
+    geometry_attention_heads: int = 1
+    """Heads of each geometry-aware attention layer."""
+    geometry_attention_neighbourhood: int = 3
+    """Side n of the n x n pixel frustum a query attends through (odd)."""
+    geometry_attention_samples: int = 2
+    """NeuS samples of largest weight kept a ray for the geometry-aware attention."""
+    conditioning_channels: Tuple[int, ...] = (16,)
+    """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
+
+    # NeuS
+    neus_render_resolution: int = 16
+    """Side of the full NeuS render of the input views that conditions the branch; 0 = the diffusion-space resolution. Cost grows with its square."""
+    neus_num_coarse_samples: int = 16
+    """Stratified samples a ray."""
+    neus_num_importance_samples: int = 8
+    """Importance samples a ray (from the coarse weights)."""
+    neus_feature_channels: int = 16
+    """Channels of the encoded view features."""
+    neus_encoder_channels: int = 32
+    """Width of the NeuS view encoder."""
+    neus_encoder_downsample: int = 2
+    """Stride of the NeuS view encoder (features at resolution / stride)."""
+    neus_hidden_dim: int = 64
+    """Width of the SDF and feature MLPs."""
+    neus_num_sdf_layers: int = 3
+    """Depth of the SDF MLP."""
+    neus_num_color_layers: int = 2
+    """Depth of the feature (colour) MLP."""
+    neus_num_frequencies: int = 4
+    """Positional-encoding frequencies of the 3D points."""
+    neus_chunk_size: int = 16384
+    """Rays rendered at once (bounds peak memory, not the result)."""
+
+    # checkpoints, validation, stopping, Hub
+    checkpointing_steps: int = 250
+    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
+    checkpoints_total_limit: int = 3
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: Optional[str] = None
+    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
+    stop_at_step: int = 0
+    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
+    max_minutes: float = 0.0
+    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
+    validation_steps: int = 500
+    """Save a view grid of a validation object every this many steps and at the end (0 = never)."""
+    validation_timesteps: Tuple[int, ...] = (250, 750)
+    """Noise levels of the validation grid: per t, rows of clean, noisy, NeuS x0 render and one-step x0 prediction."""
+    validation_inference_steps: int = 10
+    """DDIM steps of the grid's first row, views sampled by TuneMV3DPipeline from the validation caption (0 = no such row)."""
+    validation_guidance_scale: float = 3.0
+    """Classifier-free guidance scale of the sampled row."""
+    log_every: int = 10
+    """Append the losses, lr, samples/s and peak RSS to log.jsonl every this many steps."""
+    push_to_hub: bool = False
+    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
+    hub_model_id: Optional[str] = None
+    """Hub repository (owner/name) of --push-to-hub."""
+    hub_private: bool = False
+    """Create the Hub repository private."""
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, field: str, requirement: str) -> None:
+            if not ok:
+                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
+
+        self.geometry_attention_levels = tuple(self.geometry_attention_levels)
+        self.conditioning_channels = tuple(self.conditioning_channels)
+        self.validation_timesteps = tuple(self.validation_timesteps)
+        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
+        check(bool(self.data_dir), "data_dir", "must name a folder")
+        check(bool(self.output_dir), "output_dir", "must name a folder")
+        check(self.resolution > 0, "resolution", "must be > 0")
+        check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
+        check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
+        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
+        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        for name in ("diffusion_loss_weight", "reconstruction_loss_weight", "mask_loss_weight"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
+              "diffusion_loss_weight", "and the other loss weights must not all be 0")
+        check(self.supervision_rays >= 1, "supervision_rays", "must be >= 1")
+        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
+        check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
+        check(all(level >= 0 for level in self.geometry_attention_levels), "geometry_attention_levels",
+              "must be down-block indices >= 0")
+        check(self.geometry_attention_heads >= 1, "geometry_attention_heads", "must be >= 1")
+        check(self.geometry_attention_neighbourhood >= 1 and self.geometry_attention_neighbourhood % 2 == 1,
+              "geometry_attention_neighbourhood", "must be odd and >= 1")
+        check(self.geometry_attention_samples >= 1, "geometry_attention_samples", "must be >= 1")
+        check(len(self.conditioning_channels) >= 1 and all(c > 0 for c in self.conditioning_channels),
+              "conditioning_channels", "must be positive channel counts")
+        check(self.neus_render_resolution >= 0, "neus_render_resolution", "must be >= 0")
+        check(self.neus_num_coarse_samples >= 2, "neus_num_coarse_samples", "must be >= 2")
+        check(self.neus_num_importance_samples >= 0, "neus_num_importance_samples", "must be >= 0")
+        for name in ("neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
+                     "neus_num_sdf_layers", "neus_num_color_layers", "neus_chunk_size"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(self.neus_num_frequencies >= 0, "neus_num_frequencies", "must be >= 0")
+        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
+        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
+        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
+        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
+        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
+              "validation_timesteps", "must be one or more timesteps >= 0")
+        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
+        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+
+    def architecture(self) -> Dict[str, object]:
+        """The settings that fix the new weights' shapes (a resumed run must keep them)."""
+        names = ("pretrained_model", "geometry_attention_levels", "geometry_attention_heads",
+                 "geometry_attention_neighbourhood", "geometry_attention_samples", "conditioning_channels",
+                 "neus_render_resolution", "neus_num_coarse_samples", "neus_num_importance_samples",
+                 "neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
+                 "neus_num_sdf_layers", "neus_num_color_layers", "neus_num_frequencies")
+        return {name: config_to_dict(self)[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# The frozen foundation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Foundation:
+    """The frozen parts of a text-to-image pipeline folder (all in eval mode, requires_grad False).
+
+    Attributes:
+        vae: ``AutoencoderKL`` of a latent model, ``None`` for a pixel-space model (IF, ours).
+        noise_scheduler: a ``DDPMScheduler`` made from the folder's scheduler config (training noise).
+    """
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    noise_scheduler: object
+    vae: Optional[torch.nn.Module]
+    path: str
+
+    @property
+    def channels(self) -> int:
+        """Channels of the diffusion space (the UNet's in_channels)."""
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    def space_resolution(self, resolution: int) -> int:
+        """Side of the diffusion space for views of ``resolution`` pixels."""
+        return resolution // self.vae_scale_factor
+
+    @torch.no_grad()
+    def to_space(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Clean views ``[B, V, 3, H, W]`` in [-1, 1] -> the diffusion space ``[B, V, C, h, w]``
+        (identity for pixels; VAE latent sample x scaling_factor for a latent model)."""
+        if self.vae is None:
+            return images
+        folded = images.flatten(0, 1).to(self.vae.dtype)  # (B V) 3 H W
+        latents = self.vae.encode(folded).latent_dist.sample(generator)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        latents = (latents - shift) * self.vae.config.scaling_factor
+        return latents.reshape(*images.shape[:2], *latents.shape[1:]).to(images.dtype)
+
+    @torch.no_grad()
+    def to_images(self, space: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_space` for display: ``[N, C, h, w]`` -> ``[N, 3, H, W]`` in [-1, 1]."""
+        if self.vae is None:
+            return space.clamp(-1, 1)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        images = self.vae.decode(space.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
+        return images.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings ``[B, 77, D]`` (IFPipeline's encoding: 77 tokens, attention mask)."""
+        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
+
+    def unet_prediction(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                        residuals: Optional[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]] = None) -> torch.Tensor:
+        """Frozen UNet on the folded views ``[B, V, C, h, w]`` with the branch residuals -> ``[B, V, C, h, w]``
+        (IF-style learned-variance channels dropped)."""
+        batch, views, channels = noisy_views.shape[:3]
+        kwargs = {}
+        if residuals is not None:
+            kwargs = dict(down_block_additional_residuals=list(residuals[0]), mid_block_additional_residual=residuals[1])
+        out = self.unet(
+            noisy_views.flatten(0, 1),  # (B V) C h w
+            timesteps.repeat_interleave(views),
+            encoder_hidden_states=text.repeat_interleave(views, dim=0),
+            **kwargs,
+        ).sample[:, :channels]
+        return out.reshape(batch, views, *out.shape[1:])
+
+
+def load_foundation(path: str, device: torch.device = torch.device("cpu")) -> Foundation:
+    """Load and freeze a pipeline folder's UNet, text encoder, tokenizer, (VAE) and noise schedule."""
+    import transformers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    root = Path(path)
+    missing = [name for name in ("unet", "text_encoder", "tokenizer", "scheduler") if not (root / name).is_dir()]
+    if missing:
+        raise ValueError(f"{flag_name('pretrained_model')}: {path!r} is not a text-to-image pipeline folder "
+                         f"(missing {', '.join(m + '/' for m in missing)})")
+    index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").is_file() else {}
+    encoder_class = index.get("text_encoder", [None, "CLIPTextModel"])[1]
+    text_encoder = getattr(transformers, encoder_class, transformers.AutoModel).from_pretrained(root / "text_encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer")
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    # training noise follows the foundation's schedule (betas, T, prediction type); variance_type is irrelevant here
+    scheduler_config = {k: v for k, v in DDPMScheduler.load_config(root / "scheduler").items() if k != "variance_type"}
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    vae = AutoencoderKL.from_pretrained(root / "vae") if (root / "vae").is_dir() else None
+    if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"{flag_name('pretrained_model')}: unsupported prediction_type "
+                         f"{noise_scheduler.config.prediction_type!r}")
+    for model in (unet, text_encoder, vae):
+        if model is not None:
+            model.requires_grad_(False)
+            model.eval()
+            model.to(device)
+    return Foundation(unet, text_encoder, tokenizer, noise_scheduler, vae, str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# The trained models
+# ----------------------------------------------------------------------------------------------
+
+
+def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
+    """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
+    from ..models.latent_sparse_neus import LatentSparseNeuS
+    from ..models.multiview_controlnet import MultiViewControlNetModel
+
+    levels = len(foundation.unet.config.block_out_channels)
+    bad = [level for level in cfg.geometry_attention_levels if level >= levels]
+    if bad:
+        raise ValueError(f"{flag_name('geometry_attention_levels')} {cfg.geometry_attention_levels} must index the "
+                         f"UNet's {levels} down blocks (0..{levels - 1})")
+    torch.manual_seed(cfg.seed)
+    controlnet = MultiViewControlNetModel.from_unet(
+        foundation.unet,
+        conditioning_embedding_out_channels=cfg.conditioning_channels,
+        geometry_attention_levels=cfg.geometry_attention_levels,
+        geometry_attention_heads=cfg.geometry_attention_heads,
+        geometry_attention_neighbourhood=cfg.geometry_attention_neighbourhood,
+        geometry_attention_samples=cfg.geometry_attention_samples,
+    )
+    neus = LatentSparseNeuS(
+        in_channels=foundation.channels,
+        feature_channels=cfg.neus_feature_channels,
+        encoder_channels=cfg.neus_encoder_channels,
+        encoder_downsample=cfg.neus_encoder_downsample,
+        hidden_dim=cfg.neus_hidden_dim,
+        num_sdf_layers=cfg.neus_num_sdf_layers,
+        num_color_layers=cfg.neus_num_color_layers,
+        num_frequencies=cfg.neus_num_frequencies,
+        num_coarse_samples=cfg.neus_num_coarse_samples,
+        num_importance_samples=cfg.neus_num_importance_samples,
+        render_resolution=cfg.neus_render_resolution or None,
+        background=0.0 if foundation.vae is not None else 1.0,  # white pixels; latents start at 0
+        chunk_size=cfg.neus_chunk_size,
+    )
+    return controlnet, neus
+
+
+def _index_objects(cameras, index: torch.Tensor):
+    """Cameras ``[B, V]`` -> ``[len(index), V]``."""
+    from ..cameras import Cameras
+
+    return Cameras(cameras.world_to_camera[index], cameras.intrinsics[index], cameras.height, cameras.width)
+
+
+class TuneMV3DBranch(torch.nn.Module):
+    """``controlnet`` + ``neus`` as one module: one DDP wrapper synchronises both, and its forward is
+    the trained part of a step (NeuS encode once, full render of the inputs, ray subset of the
+    supervision views, branch residuals with or without the NeuS condition per object)."""
+
+    def __init__(self, controlnet, neus):
+        super().__init__()
+        self.controlnet = controlnet
+        self.neus = neus
+
+    def render_size(self, height: int, width: int) -> Tuple[int, int]:
+        size = self.neus.config.render_resolution or height
+        return size, size * width // height
+
+    def forward(self, noisy_views, timesteps, text, cameras, keep_neus, supervision_cameras=None, pixel_indices=None):
+        """
+        Args:
+            noisy_views: ``[B, V, C, h, w]`` x_t of the input views (diffusion space).
+            timesteps: ``[B]`` one t an object.
+            text: ``[B, L, D]`` text embeddings.
+            cameras: input cameras, batch shape ``[B, V]``, at ``h x w``.
+            keep_neus: ``[B]`` bool; False runs that object's branch without the NeuS (§3.3).
+            supervision_cameras: ``[B, Vs]`` cameras at ``h x w`` or None.
+            pixel_indices: ``[N]`` row-major pixels rendered in every supervision view.
+
+        Returns:
+            a dict: ``down`` (tuple of ``[(B V), ...]``), ``mid``, ``x0`` ``[B, V, C, r, r]`` and
+            ``opacity`` ``[B, V, r, r]`` (full render), ``novel`` ``[B, Vs, N, C]`` and
+            ``novel_opacity`` ``[B, Vs, N]`` (ray subset; absent without supervision views).
+        """
+        batch, views = noisy_views.shape[:2]
+        # 1. NeuS: encode the noisy views once (eq. 1); full render of the input cameras (eq. 2-3)
+        context = self.neus.encode(noisy_views, timesteps, cameras)
+        rh, rw = self.render_size(*noisy_views.shape[-2:])
+        full = self.neus.render(context, context.cameras.rescale(rh, rw))
+        x0 = full.colors.reshape(batch, views, rh, rw, -1).permute(0, 1, 4, 2, 3)  # B V C rh rw
+        out = {"x0": x0, "opacity": full.opacity.reshape(batch, views, rh, rw)}
+        # 2. novel-view supervision: a ray subset of the other cameras from the same context
+        if supervision_cameras is not None and pixel_indices is not None and supervision_cameras.batch_shape[-1] > 0:
+            novel = self.neus.render(context, supervision_cameras, pixel_indices)
+            out["novel"], out["novel_opacity"] = novel.colors, novel.opacity
+        # 3. branch residuals: with the NeuS condition, or without it for the dropped objects
+        keep = keep_neus.nonzero().flatten()
+        drop = (~keep_neus).nonzero().flatten()
+        parts = []
+        if len(keep):
+            parts.append((keep, self.controlnet(
+                noisy_views[keep], timesteps[keep], text[keep], _index_objects(cameras, keep), x0[keep],
+                full.sample_points[keep], full.sample_weights[keep], return_dict=False)))
+        if len(drop):
+            parts.append((drop, self.controlnet(noisy_views[drop], timesteps[drop], text[drop], return_dict=False)))
+        if len(parts) == 1:
+            out["down"], out["mid"] = parts[0][1]
+        else:
+            inverse = torch.argsort(torch.cat([index for index, _ in parts]))
+
+            def merge(tensors):  # per part [(b_k V), ...] -> [(B V), ...] in object order
+                stacked = torch.cat([t.reshape(-1, views, *t.shape[1:]) for t in tensors])[inverse]
+                return stacked.flatten(0, 1)
+
+            (_, (down_a, mid_a)), (_, (down_b, mid_b)) = parts
+            out["down"] = tuple(merge([a, b]) for a, b in zip(down_a, down_b))
+            out["mid"] = merge([mid_a, mid_b])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+
+def gather_pixels(images: torch.Tensor, pixel_indices: torch.Tensor) -> torch.Tensor:
+    """``[B, V, C, H, W]`` at row-major ``pixel_indices [N]`` -> ``[B, V, N, C]`` (the order renders use)."""
+    return images.flatten(-2)[..., pixel_indices].transpose(-1, -2)
+
+
+def render_losses(colors: torch.Tensor, opacity: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Per-element mean MSE of rendered ``colors [..., C]`` against ``target [..., C]`` and BCE of
+    ``opacity [...]`` against the (soft) ``mask [...]`` in [0, 1]; returns ``(mse, bce)``."""
+    mse = F.mse_loss(colors.float(), target.float())
+    bce = F.binary_cross_entropy(opacity.float().clamp(1e-4, 1 - 1e-4), mask.float().clamp(0, 1))
+    return mse, bce
+
+
+def _area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``[B, V, C, H, W]`` -> ``[B, V, C, *size]`` (area average; identity at the same size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    folded = F.interpolate(x.flatten(0, 1), size=size, mode="area")
+    return folded.reshape(*x.shape[:3], *size)
+
+
+def step_draws(generator: torch.Generator, batch: int, views: int, channels: int, size: Tuple[int, int],
+               num_timesteps: int, num_rays: int, cfg: TuneMV3DTrainConfig) -> Dict[str, torch.Tensor]:
+    """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them)."""
+    height, width = size
+    return {
+        "drop_caption": torch.rand(batch, generator=generator) < cfg.caption_dropout,
+        "keep_neus": torch.rand(batch, generator=generator) >= cfg.neus_dropout,
+        "timesteps": torch.randint(0, num_timesteps, (batch,), generator=generator),
+        "noise": torch.randn((batch, views, channels, height, width), generator=generator),
+        "pixel_indices": torch.randperm(height * width, generator=generator)[: min(num_rays, height * width)],
+        "global_seed": torch.randint(0, 2**62, (1,), generator=generator),
+    }
+
+
+def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTrainConfig,
+                    generator: torch.Generator, device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The weighted TuneMV3D loss of one batch of :func:`collate_multiview` and its parts (floats).
+
+    ``branch`` is a :class:`TuneMV3DBranch`, possibly DDP-wrapped (the forward must go through the wrapper).
+    """
+    images = batch["images"].to(device)  # B V 3 H W in [-1, 1]
+    supervision = batch["supervision_images"].to(device)  # B Vs 3 H W
+    b, v = images.shape[:2]
+    space = foundation.space_resolution(images.shape[-1])
+    draws = step_draws(generator, b, v, foundation.channels, (space, space),
+                       foundation.noise_scheduler.config.num_train_timesteps, cfg.supervision_rays, cfg)
+    torch.manual_seed(int(draws["global_seed"]))  # NeuS stratified / importance jitter draws from the global RNG
+
+    # 1. clean views in the diffusion space (VAE latents for a latent model), masks at that resolution
+    vae_generator = torch.Generator().manual_seed(int(draws["global_seed"]) % 2**31)
+    clean = foundation.to_space(torch.cat([images, supervision], 1), vae_generator)  # B (V + Vs) C h w
+    masks = _area_resize(torch.cat([batch["masks"], batch["supervision_masks"]], 1).to(device), (space, space))
+    cameras = batch["cameras"].to(device).rescale(space, space)
+    supervision_cameras = batch["supervision_cameras"].to(device).rescale(space, space)
+
+    # 2. forward diffusion of the input views, one t an object
+    x0, t = clean[:, :v], draws["timesteps"].to(device)
+    noise = draws["noise"].to(device)
+    x_t = foundation.noise_scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(v))
+    x_t = x_t.reshape(x0.shape)
+    captions = ["" if drop else caption for drop, caption in zip(draws["drop_caption"].tolist(), batch["caption"])]
+    text = foundation.encode_text(captions).to(device)
+
+    # 3. NeuS + branch (the trained part), then the frozen UNet with the residuals
+    pixel_indices = draws["pixel_indices"].to(device)
+    out = branch(x_t, t, text, cameras, draws["keep_neus"].to(device), supervision_cameras, pixel_indices)
+    prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
+    if foundation.prediction_type == "epsilon":
+        target = noise
+    elif foundation.prediction_type == "v_prediction":
+        target = foundation.noise_scheduler.get_velocity(x0.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(v))
+        target = target.reshape(x0.shape)
+    else:  # "sample"
+        target = x0
+    loss_diffusion = F.mse_loss(prediction.float(), target.float())
+
+    # 4. NeuS reconstruction: full render of the input views + ray subset of the supervision views
+    size = tuple(out["x0"].shape[-2:])
+    mse_in, bce_in = render_losses(out["x0"].permute(0, 1, 3, 4, 2), out["opacity"],
+                                   _area_resize(x0, size).permute(0, 1, 3, 4, 2), _area_resize(masks[:, :v], size)[:, :, 0])
+    if "novel" in out:
+        mse_novel, bce_novel = render_losses(out["novel"], out["novel_opacity"], gather_pixels(clean[:, v:], pixel_indices),
+                                             gather_pixels(masks[:, v:], pixel_indices)[..., 0])
+        vs = supervision.shape[1]
+        loss_reconstruction = (v * mse_in + vs * mse_novel) / (v + vs)  # every view weighs the same
+        loss_mask = (v * bce_in + vs * bce_novel) / (v + vs)
+    else:
+        loss_reconstruction, loss_mask = mse_in, bce_in
+
+    loss = (cfg.diffusion_loss_weight * loss_diffusion + cfg.reconstruction_loss_weight * loss_reconstruction
+            + cfg.mask_loss_weight * loss_mask)
+    parts = {"loss_diffusion": loss_diffusion.item(), "loss_reconstruction": loss_reconstruction.item(),
+             "loss_mask": loss_mask.item(), "neus_kept": float(draws["keep_neus"].float().mean())}
+    return loss, parts
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints (the folder conventions of train_foundation: temporary folder then rename, safetensors + JSON)
+# ----------------------------------------------------------------------------------------------
+
+
+def optimizer_state_to_files(optimizer) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """An optimizer's state as (tensors for safetensors, the JSON-able rest)."""
+    opt_state = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for index, param_state in opt_state["state"].items():
+        plain_state[str(index)] = {}
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state[str(index)][key] = value
+    return tensors, {"param_groups": opt_state["param_groups"], "state": plain_state}
+
+
+def optimizer_state_from_files(tensors: Dict[str, torch.Tensor], plain: Dict) -> Dict:
+    """Inverse of :func:`optimizer_state_to_files`: an ``optimizer.load_state_dict`` argument."""
+    state: Dict[int, dict] = {int(i): dict(p) for i, p in plain["state"].items()}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_training_checkpoint(folder: Path, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
+                             cfg) -> None:
+    """Models (``save_pretrained`` sub-folders), optimizer (safetensors), schedule, step and settings (JSON)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+        tensors, plain = optimizer_state_to_files(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(),
+                 "architecture": cfg.architecture(), "config": config_to_dict(cfg)}
+        # written last: its presence marks a finished checkpoint even without the rename
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    _write_atomically(folder, write)
+
+
+def load_training_checkpoint(folder: Path, optimizer, lr_scheduler) -> int:
+    """Restore optimizer and schedule from a checkpoint (weights come from its model sub-folders); returns its step."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE_FILE).read_text())
+    optimizer.load_state_dict(optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")),
+                                                         state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return int(state["step"])
+
+
+def resolve_resume(cfg) -> Optional[Path]:
+    """The checkpoint ``--resume`` names (None: a fresh start)."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
+    return path
+
+
+def check_architecture(cfg, checkpoint: Path) -> None:
+    """A resumed run keeps the settings that fix the weights' shapes."""
+    saved = json.loads((checkpoint / STATE_FILE).read_text())["architecture"]
+    for name, value in cfg.architecture().items():
+        if saved.get(name) != value:
+            raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
+                             f"({checkpoint}); a resumed run keeps the architecture")
+
+
+def weights_sha256(*models: torch.nn.Module) -> str:
+    """A hash of the models' parameters and buffers (to check that DDP ranks agree)."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_lr_scheduler(optimizer, cfg):
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
+    return get_constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
+
+
+def make_accelerator(cfg):
+    """The Accelerator of a trainer; several processes without GPUs become gloo DDP on CPUs.
+
+    ``accelerate launch --multi_gpu`` and ``torchrun`` set ``WORLD_SIZE``, but without a GPU
+    accelerate 1.x only joins the processes when ``Accelerator(cpu=True)``; otherwise every process
+    trains alone as rank 0 of 1 (the same batches, so their weights even agree, but nothing syncs).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+    # find_unused_parameters: a step whose objects all drop the NeuS leaves the condition embedding
+    # and the geometry-aware attention without gradients
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def reduce_mean(accelerator, values: Dict[str, float]) -> Dict[str, float]:
+    """The mean of each value over the processes (one all-reduce; the values themselves on one process)."""
+    if accelerator.num_processes == 1:
+        return dict(values)
+    mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), "mean")
+    return dict(zip(values, mean.tolist()))
+
+
+def append_log(path: Path, record: Dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folder and validation
+# ----------------------------------------------------------------------------------------------
+
+USAGE = """
+from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
+from diffusers_mv3d.models.multiview_controlnet import MultiViewControlNetModel
+
+controlnet = MultiViewControlNetModel.from_pretrained("PATH", subfolder="controlnet")
+neus = LatentSparseNeuS.from_pretrained("PATH", subfolder="neus")
+# with the base model's unet, text_encoder, tokenizer (and vae): a TuneMV3DPipeline
+"""
+
+
+def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, step: int, log_path: Path) -> None:
+    """``model/``: ``controlnet/`` and ``neus/`` (save_pretrained, safetensors) and README.md, atomically."""
+
+    def write(tmp: Path) -> None:
+        controlnet.save_pretrained(tmp / "controlnet", safe_serialization=True)
+        neus.save_pretrained(tmp / "neus", safe_serialization=True)
+        write_model_card(
+            tmp,
+            title="TuneMV3D branch: multi-view ControlNet + latent SparseNeuS",
+            description=("The trained parts of TuneMV3D (multi-view 3D generation by tuning a frozen text-to-image "
+                         "model): the multi-view ControlNet branch and the latent SparseNeuS, trained with the "
+                         "base model frozen. Load them with the base model's UNet, text encoder, tokenizer "
+                         "(and VAE) into a TuneMV3DPipeline."),
+            base_model=cfg.pretrained_model,
+            data=cfg.data_dir,
+            steps=step,
+            losses=losses_from_log(log_path, LOSS_KEYS),
+            command=command_line("diffusers-mv3d train", cfg),
+            components={"controlnet": "MultiViewControlNetModel (diffusers_mv3d)",
+                        "neus": "LatentSparseNeuS (diffusers_mv3d), renders x0 in the base model's diffusion space"},
+            settings=cfg,
+            usage=USAGE,
+        )
+
+    _write_atomically(folder, write)
+
+
+@torch.no_grad()
+def pipeline_samples(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, cfg: TuneMV3DTrainConfig,
+                     device: torch.device) -> Optional[torch.Tensor]:
+    """Views ``[V, 3, H, W]`` in [-1, 1] sampled by :class:`TuneMV3DPipeline` (DDIM, the validation
+    caption and cameras, a fixed seed); None when the pipeline is not available."""
+    try:
+        from ..pipelines import TuneMV3DPipeline
+    except ImportError:
+        return None
+    from diffusers import DDIMScheduler
+
+    config = {k: v for k, v in dict(foundation.noise_scheduler.config).items() if k != "variance_type"}
+    pipe = TuneMV3DPipeline(unet=foundation.unet, controlnet=branch.controlnet, neus=branch.neus,
+                            scheduler=DDIMScheduler.from_config(config), text_encoder=foundation.text_encoder,
+                            tokenizer=foundation.tokenizer, vae=foundation.vae)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(item["caption"], num_views=len(item["cameras"]), cameras=item["cameras"],
+                  num_inference_steps=cfg.validation_inference_steps, guidance_scale=cfg.validation_guidance_scale,
+                  generator=torch.Generator().manual_seed(cfg.seed), output_type="pt").images  # V 3 H W in [0, 1]
+    height = item["images"].shape[-1]
+    if images.shape[-1] != height:
+        images = F.interpolate(images, size=(height, height), mode="bilinear", antialias=True, align_corners=False)
+    return images.to(device) * 2 - 1
+
+
+@torch.no_grad()
+def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, cfg: TuneMV3DTrainConfig,
+                    device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Rows: views sampled by the pipeline (when available, ``--validation-inference-steps`` DDIM steps),
+    then per validation t: clean views, noisy views, NeuS x0 render, one-step x0 prediction of the
+    frozen UNet + branch (all ``[V, 3, H, W]`` in [-1, 1]); returns ``(images [rows V, 3, H, W], metrics)``.
+
+    Uses a fixed seed and the validation object, so grids of different steps compare.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = item["images"][None].to(device)  # 1 V 3 H W
+    v, height = images.shape[1], images.shape[-1]
+    space = foundation.space_resolution(height)
+    clean = foundation.to_space(images, generator)
+    cameras = item["cameras"].to(device).rescale(space, space).expand(1)
+    text = foundation.encode_text([item["caption"]]).to(device)
+    scheduler = foundation.noise_scheduler
+    abar = scheduler.alphas_cumprod.to(device)
+    rows, metrics = [], {}
+
+    def show(space_views: torch.Tensor) -> torch.Tensor:  # 1 V C h w -> V 3 H W
+        pictures = foundation.to_images(space_views[0])
+        if pictures.shape[-1] != height:
+            pictures = F.interpolate(pictures, size=(height, height), mode="nearest")
+        return pictures
+
+    was_training = branch.training
+    branch.eval()
+    try:
+        if cfg.validation_inference_steps:
+            sampled = pipeline_samples(branch, foundation, item, cfg, device)
+            rows += [] if sampled is None else [sampled]
+        for t_value in cfg.validation_timesteps:
+            t = torch.tensor([min(t_value, scheduler.config.num_train_timesteps - 1)], device=device)
+            noise = torch.randn(clean.shape, generator=generator).to(device)
+            x_t = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), t.repeat(v)).reshape(clean.shape)
+            out = branch(x_t, t, text, cameras, torch.ones(1, dtype=torch.bool, device=device))
+            prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
+            a = abar[t].view(1, 1, 1, 1, 1)
+            if foundation.prediction_type == "epsilon":
+                x0_pred = (x_t - (1 - a).sqrt() * prediction) / a.sqrt()
+            elif foundation.prediction_type == "v_prediction":
+                x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * prediction
+            else:
+                x0_pred = prediction
+            rows += [show(clean), show(x_t), show(out["x0"]), show(x0_pred)]
+            neus_mse = F.mse_loss(out["x0"], _area_resize(clean, tuple(out["x0"].shape[-2:]))).item()
+            metrics[f"val_neus_mse_t{int(t)}"] = neus_mse
+            metrics[f"val_x0_mse_t{int(t)}"] = F.mse_loss(x0_pred, clean).item()
+    finally:
+        branch.train(was_training)
+    return torch.cat(rows), metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
+    """Train; returns a summary (final step, last losses, samples/s, peak RSS, folders, weights hash)."""
+    from tqdm.auto import tqdm
+
+    from ..data.dataset import MultiViewDataset, collate_multiview
+    from ..models.latent_sparse_neus import LatentSparseNeuS
+    from ..models.multiview_controlnet import MultiViewControlNetModel
+
+    # 1. Processes, folders, data, the frozen foundation
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    device = accelerator.device
+    output_dir = Path(cfg.output_dir)
+    checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
+    if not os.path.isdir(cfg.data_dir):
+        raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
+                         "`diffusers-mv3d render --split objects3d --out DIR`)")
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    foundation = load_foundation(cfg.pretrained_model, device)
+    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
+    if cfg.resolution % factor:
+        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
+                         "(the VAE factor x the UNet's downsampling)")
+    for t in cfg.validation_timesteps:
+        if t >= foundation.noise_scheduler.config.num_train_timesteps:
+            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
+                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
+    resume_from = resolve_resume(cfg)
+
+    # 2. The trained models: fresh, or the weights of the checkpoint
+    if resume_from is None:
+        controlnet, neus = build_branch(foundation, cfg)
+    else:
+        check_architecture(cfg, resume_from)
+        controlnet = MultiViewControlNetModel.from_pretrained(resume_from / "controlnet")
+        neus = LatentSparseNeuS.from_pretrained(resume_from / "neus")
+    branch = TuneMV3DBranch(controlnet, neus).to(device).train()
+
+    # 3. Optimizer (branch and NeuS learning rates), schedule
+    optimizer = torch.optim.AdamW(
+        [{"params": list(controlnet.parameters()), "lr": cfg.learning_rate},
+         {"params": list(neus.parameters()), "lr": cfg.neus_learning_rate}],
+        betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+    )
+    lr_scheduler = build_lr_scheduler(optimizer, cfg)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_training_checkpoint(resume_from, optimizer, lr_scheduler)
+    # the LR scheduler is stepped by hand once per optimizer step, so accelerate does not wrap it
+    branch, optimizer = accelerator.prepare(branch, optimizer)
+    raw = accelerator.unwrap_model(branch)
+    params = list(raw.parameters())
+
+    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_multiview,
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, str(output_dir / "config.yaml"))
+
+    def write_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step,
+                                     {"controlnet": raw.controlnet, "neus": raw.neus}, optimizer, lr_scheduler, cfg)
+            save_model_folder(output_dir / "model", raw.controlnet, raw.neus, cfg, step, log_path)
+            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+
+    def write_samples(step: int) -> None:
+        if accelerator.is_main_process:
+            grid, metrics = validation_grid(raw, foundation, dataset[0], cfg, device)
+            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+            save_grid(grid, str(output_dir / "samples" / f"step-{step:06d}.png"), ncol=cfg.num_input_views)
+            append_log(log_path, {"step": step, **metrics})
+        accelerator.wait_for_everyone()
+
+    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
+    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc="train")
+    started = time.time()
+    window_start, window_steps = time.time(), 0
+    samples_per_s, last, step, process_loss = 0.0, {"loss": float("nan")}, start_step, float("nan")
+    for step, batch in zip(range(start_step, end_step), loader):
+        generator = step_generator(cfg.seed, step, rank)
+        with accelerator.autocast():
+            loss, parts = training_losses(branch, foundation, batch, cfg, generator, device)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        process_loss = loss.item()
+        last = reduce_mean(accelerator, {"loss": process_loss, **parts})  # logged: the mean over processes
+        window_steps += 1
+        if window_steps == 10 or done == end_step:
+            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
+            window_start, window_steps = time.time(), 0
+        lr = lr_scheduler.get_last_lr()[0]
+        progress.update(1)
+        progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", objects_s=f"{samples_per_s:.2f}")
+        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
+            append_log(log_path, {"step": done, **last, "lr": lr, "grad_norm": float(grad_norm),
+                                  "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
+                                  "minutes": (time.time() - started) / 60})
+
+        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
+            accelerator.set_trigger()
+        out_of_time = accelerator.check_trigger()
+        wrote = False
+        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
+            write_checkpoint(done)
+            wrote = True
+        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
+            write_samples(done)
+            wrote = True
+        if wrote:  # samples/s measures training steps only
+            window_start, window_steps = time.time(), 0
+        step = done
+        if out_of_time:
+            break
+    progress.close()
+    if cfg.push_to_hub and accelerator.is_main_process and step == cfg.max_train_steps:
+        push_folder_to_hub(output_dir / "model", cfg.hub_model_id, cfg.hub_private, f"TuneMV3D branch, step {step}")
+    accelerator.end_training()
+    return {
+        "step": step,
+        **last,
+        "samples_per_s": samples_per_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "model": str(output_dir / "model"),
+        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
+        "rank": rank,
+        "process_loss": process_loss,
+        "weights_sha256": weights_sha256(raw.controlnet, raw.neus),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """Register ``train`` with the ``diffusers-mv3d`` sub-command parser."""
+    import argparse
+
+    parser = subparsers.add_parser(
+        "train",
+        help="tune a frozen text-to-image foundation into TuneMV3D (multi-view ControlNet + latent SparseNeuS)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, TuneMV3DTrainConfig)
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args) -> int:
+    import sys
+
+    try:
+        cfg = resolve_or_exit(TuneMV3DTrainConfig, args)
+        if cfg is None:
+            return 0
+        summary = main(cfg)
+    except ValueError as error:
+        if not str(error).startswith("--"):  # not a user error naming its flag: keep the traceback
+            raise
+        print(f"diffusers-mv3d train: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))  # one line a process (DDP ranks each print theirs)
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="train_tunemv3d")
+    _sub = _parser.add_subparsers(dest="command")
+    add_parser(_sub)
+    sys.exit(run_from_args(_parser.parse_args(["train", *sys.argv[1:]])))
