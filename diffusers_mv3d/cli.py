@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from . import generate
 from .data import render_dataset
 from .training import train_foundation, train_reconstructor, train_tunemv3d
 
@@ -21,7 +22,7 @@ def _not_yet(subparsers, name: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusers-mv3d", description="TuneMV3D multi-view 3D generation.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _not_yet(sub, "generate")
+    generate.add_parser(sub)
     render_dataset.add_parser(sub)
     train_foundation.add_parser(sub)
     train_tunemv3d.add_parser(sub)
