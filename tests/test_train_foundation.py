@@ -344,3 +344,11 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         ".tmp-checkpoint-000009-123", "checkpoint-000001", "checkpoint-000008"]
+
+
+def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
+    settings = {**tiny_settings(data_dir, tmp_path), "max_train_steps": 50, "validation_steps": 0, "max_minutes": 1e-6}
+    summary = main(FoundationTrainConfig(**settings))
+    assert summary["step"] == 1
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-000001"
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
