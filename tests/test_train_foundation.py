@@ -73,6 +73,7 @@ def tiny_settings(data_dir: Path, output_dir: Path) -> dict:
         validation_images_per_prompt=1,
         validation_prompts=("a red box", "a blue ball"),
         log_every=1,
+        num_threads=1,  # robust on a busy machine (oversubscribed OpenMP threads stall each other)
     )
 
 

@@ -291,7 +291,7 @@ class DiffusionTerms:
 
     def at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Constant ``name`` at timesteps t [B] as a [B, 1, 1, 1] tensor of ``like``'s dtype/device."""
-        return getattr(self, name).to(like.device)[t.to(like.device)].to(like.dtype).view(-1, 1, 1, 1)
+        return getattr(self, name)[t.cpu()].to(like.device, like.dtype).view(-1, 1, 1, 1)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -674,6 +674,16 @@ def peak_rss_mb() -> float:
 
 def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
     """Train; returns a summary (final step, last loss, samples/s, peak RSS, output folders)."""
+    threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+
+
+def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     from accelerate import Accelerator
     from diffusers import UNet2DConditionModel
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -684,8 +694,6 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
     from ..data.dataset import ImageTextDataset
 
     # 1. Processes, folders, data
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     # `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only sets up gloo DDP over
     # CPU processes when asked for the CPU, otherwise every process trains alone as rank 0
     several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
