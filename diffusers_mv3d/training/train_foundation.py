@@ -5,7 +5,7 @@ loads.
 
 Launch (the data comes from ``diffusers-mv3d render --split foundation2d``)::
 
-    diffusers-mv3d render --split foundation2d --num-objects 3000 --resolution 32 --out data/foundation2d
+    diffusers-mv3d render --split foundation2d --num-objects 20000 --resolution 32 --out data/foundation2d
 
     # one process
     diffusers-mv3d train-foundation --config configs/foundation-tiny.yaml
