@@ -18,6 +18,7 @@ setup(
         "accelerate>=0.30",
         "safetensors",
         "huggingface_hub",
+        "pyyaml",
         "tokenizers",
         "trimesh",
         "numpy",

@@ -79,6 +79,7 @@ def build_text_encoder(
         eos_token_id=tokenizer.eos_token_id,
         attention_dropout=0.0,
         dropout=0.0,
+        use_attention_mask=True,  # read by diffusers' SD pipelines and TuneMV3DPipeline: pass the mask
     )
     return CLIPTextModel(config)
 
