@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cameras import Cameras
-from .format import TMP_PREFIX, ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras
+from .format import ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras
 
 
 def _to_tensors(rgba: np.ndarray, resolution: Optional[int]):
@@ -131,10 +131,11 @@ class MultiViewDataset(Dataset):
     def _load(self, folder: ObjectFolder) -> Dict:
         """Decode and check one object's views."""
         inputs, supervision = self._view_indices(folder)
+        paths = [folder.images[i] for i in inputs + supervision]
         size = None if folder.cameras is None else (folder.cameras.height, folder.cameras.width)
-        if size is None:  # zero123: every view must match the first one's size
-            size = read_rgba(folder.images[inputs[0]]).shape[:2]
-        rgba = np.stack([read_rgba(folder.images[i], size) for i in inputs + supervision])
+        first = read_rgba(paths[0], size)
+        size = first.shape[:2]  # zero123: the other views must match the first one
+        rgba = np.stack([first] + [read_rgba(path, size) for path in paths[1:]])
         images, masks = _to_tensors(rgba, self.resolution)
         n = len(inputs)
         return {

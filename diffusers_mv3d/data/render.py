@@ -157,21 +157,26 @@ def render_views(
     rotation = cameras.world_to_camera[:, :3, :3].double().numpy()  # [V, 3, 3]
     light_world = np.einsum("vij,i->vj", rotation, LIGHT_CAMERA)  # R^T l
 
-    # 1. Pixel-centre rays: depth, normal, mask and (without antialiasing) colour.
-    origins, directions, view = camera_rays(cameras, _sample_uv(height, width, 1))
-    hit, face, location = _cast(mesh, origins, directions)
-    forward = rotation[view, 2]  # optical axes in world space
+    # 1. Cast the pixel-centre rays (depth, normal, mask) and, with antialiasing, a x a sub-pixel
+    #    rays a pixel (colour and alpha) in one embree call.
+    centre_uv = _sample_uv(height, width, 1)
+    all_uv = centre_uv if antialias == 1 else np.concatenate([centre_uv, _sample_uv(height, width, antialias)])
+    all_origins, all_directions, all_view = camera_rays(cameras, all_uv)
+    all_hit, all_face, all_location = _cast(mesh, all_origins, all_directions)
+    per_view = np.arange(len(all_uv)) < len(centre_uv)  # the centre rays among one view's rays
+    centre = np.tile(per_view, num_views)
+    origins, directions, hit, face, location = (a[centre] for a in (all_origins, all_directions, all_hit, all_face, all_location))
+    forward = rotation[all_view[centre], 2]  # optical axes in world space
     depth = np.where(hit, np.einsum("nc,nc->n", location - origins, forward), 0.0)
     normal = np.zeros_like(location)
     normal[hit] = mesh.face_normals[face[hit]]
     normal[hit] *= -np.sign(np.einsum("nc,nc->n", normal[hit], directions[hit]))[:, None]
 
-    # 2. Colour from the same rays, or from a x a sub-pixel rays averaged.
-    if antialias > 1:
-        origins, directions, sub_view = camera_rays(cameras, _sample_uv(height, width, antialias))
-        sub_hit, sub_face, sub_location = _cast(mesh, origins, directions)
-    else:
-        sub_hit, sub_face, sub_location, sub_view = hit, face, location, view
+    # 2. Colour: Lambert + ambient of every colour ray, averaged over the a x a rays of a pixel.
+    colour_rays = centre if antialias == 1 else ~centre
+    sub_hit, sub_face, sub_location, sub_view, directions = (
+        a[colour_rays] for a in (all_hit, all_face, all_location, all_view, all_directions)
+    )
     rgb = np.zeros((len(sub_hit), 3))
     rgb[sub_hit] = _shade(mesh, sub_face[sub_hit], sub_location[sub_hit], directions[sub_hit], light_world[sub_view[sub_hit]])
     samples = antialias**2

@@ -1,15 +1,20 @@
 """Coloured primitives the procedural generators build objects from.
 
-Each helper returns a ``trimesh.Trimesh`` whose faces all carry one palette colour. Lengths are in
-the object's own units (about a metre for furniture); :func:`assemble` concatenates the parts
-(no boolean union: overlapping parts render correctly with ray casting) and normalises the result
-with :func:`normalise`.
+Each helper returns a :class:`Part`: plain vertex and face arrays with one palette colour, made by
+scaling and moving a cached unit primitive (building a ``trimesh.Trimesh`` per primitive costs ten
+times more, and the 2D foundation data needs tens of thousands of objects). Lengths are in the
+object's own units (about a metre for furniture); :func:`assemble` stacks the parts into one
+face-coloured ``trimesh.Trimesh`` (no boolean union: overlapping parts render correctly with ray
+casting) and normalises it with :func:`normalise`.
 """
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import trimesh
+from scipy.spatial import ConvexHull
 
 from .palette import rgba
 
@@ -19,72 +24,106 @@ OBJECT_RADIUS = 0.9
 _SECTIONS = 20  # facets around round primitives
 
 
-def _paint(mesh: trimesh.Trimesh, colour: str) -> trimesh.Trimesh:
-    """Set every face of ``mesh`` to the palette colour ``colour``."""
-    mesh.visual.face_colors = np.tile(rgba(colour), (len(mesh.faces), 1))
-    return mesh
+@dataclass
+class Part:
+    """One single-coloured piece of an object: ``vertices [N, 3]``, outward-wound ``faces [F, 3]``, a palette colour."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colour: str
 
 
-def box(size: Sequence[float], center: Sequence[float], colour: str) -> trimesh.Trimesh:
+@lru_cache(maxsize=None)
+def _unit(kind: str, sections: int = _SECTIONS) -> Tuple[np.ndarray, np.ndarray]:
+    """Cached (vertices, faces) of a unit primitive: ``box`` (extents 1), ``cylinder`` (radius 1,
+    z in [-0.5, 0.5]), ``cone`` (radius 1, base at z = 0, apex at z = 1), ``sphere`` (radius 1)."""
+    if kind == "box":
+        mesh = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    elif kind == "cylinder":
+        mesh = trimesh.creation.cylinder(radius=1.0, height=1.0, sections=sections)
+    elif kind == "cone":
+        mesh = trimesh.creation.cone(radius=1.0, height=1.0, sections=sections)
+    elif kind == "sphere":
+        mesh = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    else:
+        raise ValueError(f"kind must be box, cylinder, cone or sphere, got {kind!r}")
+    vertices, faces = np.array(mesh.vertices), np.array(mesh.faces)
+    vertices.flags.writeable = faces.flags.writeable = False
+    return vertices, faces
+
+
+def _rotation_z_to(direction: np.ndarray) -> np.ndarray:
+    """A 3x3 rotation taking +z to the unit vector ``direction``."""
+    return trimesh.geometry.align_vectors([0.0, 0.0, 1.0], direction)[:3, :3]
+
+
+def box(size: Sequence[float], center: Sequence[float], colour: str) -> Part:
     """An axis-aligned box of extents ``size`` (x, y, z) centred at ``center``."""
-    mesh = trimesh.creation.box(extents=size)
-    mesh.apply_translation(center)
-    return _paint(mesh, colour)
+    vertices, faces = _unit("box")
+    return Part(vertices * np.asarray(size, dtype=float) + np.asarray(center, dtype=float), faces, colour)
 
 
-def cylinder(radius: float, start: Sequence[float], end: Sequence[float], colour: str, sections: int = _SECTIONS):
+def frustum(r_bottom: float, r_top: float, z_bottom: float, z_top: float, colour: str, sections: int = _SECTIONS) -> Part:
+    """A truncated cone around the z axis from height ``z_bottom`` (radius ``r_bottom``) to ``z_top`` (``r_top``)."""
+    vertices, faces = _unit("cylinder", sections)
+    t = vertices[:, 2:] + 0.5  # 0 at the bottom, 1 at the top
+    xy = vertices[:, :2] * (r_bottom + t * (r_top - r_bottom))
+    return Part(np.concatenate([xy, z_bottom + t * (z_top - z_bottom)], axis=1), faces, colour)
+
+
+def cylinder(radius: float, start: Sequence[float], end: Sequence[float], colour: str, sections: int = _SECTIONS) -> Part:
     """A capped cylinder from point ``start`` to point ``end``."""
-    mesh = trimesh.creation.cylinder(radius=radius, segment=np.array([start, end], dtype=float), sections=sections)
-    return _paint(mesh, colour)
+    start, end = np.asarray(start, dtype=float), np.asarray(end, dtype=float)
+    axis = end - start
+    length = float(np.linalg.norm(axis))
+    if length <= 0:
+        raise ValueError(f"cylinder start and end must differ, got {start.tolist()} twice")
+    vertices, faces = _unit("cylinder", sections)
+    scaled = vertices * [radius, radius, length]
+    return Part(scaled @ _rotation_z_to(axis / length).T + (start + end) / 2, faces, colour)
 
 
-def disc(radius: float, height: float, center: Sequence[float], colour: str, sections: int = _SECTIONS):
+def disc(radius: float, height: float, center: Sequence[float], colour: str, sections: int = _SECTIONS) -> Part:
     """A vertical cylinder (axis +z) of ``height`` centred at ``center``."""
-    c = np.asarray(center, dtype=float)
-    return cylinder(radius, c - [0, 0, height / 2], c + [0, 0, height / 2], colour, sections)
+    vertices, faces = _unit("cylinder", sections)
+    return Part(vertices * [radius, radius, height] + np.asarray(center, dtype=float), faces, colour)
 
 
-def cone(radius: float, height: float, base: Sequence[float], colour: str, sections: int = _SECTIONS):
-    """A cone pointing up +z whose base disc is centred at ``base``."""
-    mesh = trimesh.creation.cone(radius=radius, height=height, sections=sections)
-    mesh.apply_translation(base)
-    return _paint(mesh, colour)
+def cone(radius: float, height: float, base: Sequence[float], colour: str, sections: int = _SECTIONS,
+         axis: Sequence[float] = (0.0, 0.0, 1.0)) -> Part:
+    """A cone whose base disc is centred at ``base``, pointing ``height`` along the unit ``axis``."""
+    vertices, faces = _unit("cone", sections)
+    scaled = vertices * [radius, radius, height]
+    return Part(scaled @ _rotation_z_to(np.asarray(axis, dtype=float)).T + np.asarray(base, dtype=float), faces, colour)
 
 
-def frustum(r_bottom: float, r_top: float, z_bottom: float, z_top: float, colour: str, sections: int = _SECTIONS):
-    """A truncated cone around the z axis from height ``z_bottom`` (radius ``r_bottom``) to ``z_top``."""
-    angles = np.linspace(0, 2 * np.pi, sections, endpoint=False)
-    ring = np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], axis=1)
-    points = np.concatenate([ring * r_bottom + [0, 0, z_bottom], ring * r_top + [0, 0, z_top]])
-    return hull(points, colour)
-
-
-def sphere(radius: float, center: Sequence[float], colour: str, scale: Optional[Sequence[float]] = None):
+def sphere(radius: float, center: Sequence[float], colour: str, scale: Optional[Sequence[float]] = None) -> Part:
     """An icosphere (320 faces), optionally stretched along the axes by ``scale``."""
-    mesh = trimesh.creation.icosphere(subdivisions=2, radius=radius)
-    if scale is not None:
-        mesh.apply_scale(np.asarray(scale, dtype=float))
-    mesh.apply_translation(center)
-    return _paint(mesh, colour)
+    vertices, faces = _unit("sphere")
+    stretch = radius * (np.ones(3) if scale is None else np.asarray(scale, dtype=float))
+    return Part(vertices * stretch + np.asarray(center, dtype=float), faces, colour)
 
 
-def torus(major: float, minor: float, center: Sequence[float], colour: str, axis: str = "z"):
+def torus(major: float, minor: float, center: Sequence[float], colour: str, axis: str = "z") -> Part:
     """A torus around ``axis`` ('x', 'y' or 'z') centred at ``center``."""
-    mesh = trimesh.creation.torus(major_radius=major, minor_radius=minor, major_sections=24, minor_sections=10)
-    if axis == "x":
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
-    elif axis == "y":
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
-    elif axis != "z":
+    if axis not in ("x", "y", "z"):
         raise ValueError(f"axis must be 'x', 'y' or 'z', got {axis!r}")
-    mesh.apply_translation(center)
-    return _paint(mesh, colour)
+    mesh = trimesh.creation.torus(major_radius=major, minor_radius=minor, major_sections=24, minor_sections=10)
+    direction = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}[axis]
+    vertices = np.asarray(mesh.vertices) @ _rotation_z_to(np.array(direction)).T + np.asarray(center, dtype=float)
+    return Part(vertices, np.asarray(mesh.faces), colour)
 
 
-def hull(points: Sequence[Sequence[float]], colour: str) -> trimesh.Trimesh:
-    """The convex hull of ``points`` (wedges, roofs, fins)."""
-    mesh = trimesh.convex.convex_hull(np.asarray(points, dtype=float))
-    return _paint(mesh, colour)
+def hull(points: Sequence[Sequence[float]], colour: str) -> Part:
+    """The convex hull of ``points`` (wedges, roofs, fins), faces wound outwards."""
+    points = np.asarray(points, dtype=float)
+    simplices = ConvexHull(points).simplices
+    triangles = points[simplices]
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    inward = (normals * (triangles.mean(axis=1) - points.mean(axis=0))).sum(axis=1) < 0
+    simplices[inward] = simplices[inward][:, ::-1]
+    used, faces = np.unique(simplices, return_inverse=True)
+    return Part(points[used], faces.reshape(-1, 3), colour)
 
 
 def normalise(mesh: trimesh.Trimesh, radius: float = OBJECT_RADIUS) -> trimesh.Trimesh:
@@ -103,13 +142,10 @@ def normalise(mesh: trimesh.Trimesh, radius: float = OBJECT_RADIUS) -> trimesh.T
     return mesh
 
 
-def assemble(parts: Sequence[trimesh.Trimesh]) -> trimesh.Trimesh:
-    """Concatenate coloured parts into one normalised mesh (face colours kept).
-
-    Plain numpy stacking: ``trimesh.util.concatenate`` does the same 5-10x slower.
-    """
+def assemble(parts: Sequence[Part]) -> trimesh.Trimesh:
+    """Stack coloured parts into one normalised, face-coloured mesh."""
     offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
     vertices = np.concatenate([p.vertices for p in parts])
     faces = np.concatenate([p.faces + offset for p, offset in zip(parts, offsets)])
-    colours = np.concatenate([p.visual.face_colors for p in parts])
+    colours = np.concatenate([np.tile(rgba(p.colour), (len(p.faces), 1)) for p in parts])
     return normalise(trimesh.Trimesh(vertices, faces, face_colors=colours, process=False))

@@ -21,9 +21,9 @@ import numpy as np
 import trimesh
 
 from .palette import ACCENTS, PALETTE
-from .shapes import assemble, box, cone, cylinder, disc, frustum, hull, sphere, torus
+from .shapes import Part, assemble, box, cone, cylinder, disc, frustum, hull, sphere, torus
 
-Parts = List[trimesh.Trimesh]
+Parts = List[Part]
 
 
 @dataclass
@@ -344,9 +344,7 @@ def _snowman(rng, colour):
         heights.append(heights[-1] + 0.8 * (below + r))  # balls sink into each other a little
     parts = [sphere(r, (0, 0, z), colour) for r, z in zip(radii, heights)]
     head_r, head_z, body_r, body_z = radii[-1], heights[-1], radii[-2], heights[-2]
-    nose = cone(0.04, 0.22, (0, 0, 0), "orange", 10)
-    nose.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
-    nose.apply_translation((head_r * 0.9, 0, head_z))
+    nose = cone(0.04, 0.22, (head_r * 0.9, 0, head_z), "orange", 10, axis=(1, 0, 0))
     parts += [nose] + [sphere(0.03, (head_r * 0.85, sy * 0.08, head_z + 0.08), "black") for sy in (-1, 1)]
     for sy in (-1, 1):
         parts.append(cylinder(0.02, (0, sy * body_r * 0.9, body_z), (0, sy * (body_r + 0.35), body_z + 0.2), "brown", 6))
@@ -484,7 +482,7 @@ def _airplane(rng, colour):
             parts.append(cylinder(0.06, (x - 0.12, sy * y, -0.09), (x + 0.12, sy * y, -0.09), trim, 12))
     features = [f"{wings} wings", f"a {trim} tail"] + ([f"{['', '', 'two', '', 'four'][engines]} engines"] if engines else [])
     attributes = dict(wings=wings, engines=engines, trim_colour=trim)
-    return parts, attributes, _describe(rng, "airplane", colour, "jet" if engines else "small", features)
+    return parts, attributes, _describe(rng, "airplane", colour, "large" if engines == 4 else "small", features)
 
 
 _GENERATORS: Dict[str, Callable[[np.random.Generator, str], Tuple[Parts, Dict, str]]] = {
