@@ -113,7 +113,7 @@ class GeometryAwareAttention(nn.Module):
         # project every frustum point into every view: uv [B, Vk, Vq*hw*M, 2]
         level_cameras = cameras.rescale(h, w)
         uv, depth = level_cameras.project(points.reshape(batch, 1, -1, 3))
-        grid = 2.0 * uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) - 1.0
+        grid = (2.0 * uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) - 1.0).to(key_value.dtype)
         valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)  # [B, Vk, Vq*hw*M]
         sampled = F.grid_sample(fold_views(key_value), fold_views(grid)[:, :, None], align_corners=False)
         sampled = unfold_views(sampled.squeeze(-1), views)  # [B, Vk, 2C, Vq*hw*M]

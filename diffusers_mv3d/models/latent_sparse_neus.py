@@ -260,8 +260,8 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
 
     @property
     def inv_s(self) -> torch.Tensor:
-        """NeuS sharpness ``s = exp(10 * variance)`` of the logistic density."""
-        return torch.exp(10.0 * self.variance).clamp(1e-6, 1e6)
+        """NeuS sharpness ``s = exp(10 * variance)`` of the logistic density (capped to stay finite in fp16)."""
+        return torch.exp(10.0 * self.variance).clamp(1e-4, 6e4)
 
     # ------------------------------------------------------------------ eq. 1
     def encode(self, views: torch.Tensor, timestep: Union[int, torch.Tensor], cameras: Cameras) -> NeuSContext:
@@ -289,7 +289,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         batch, num_views = context.features.shape[:2]
         uv, depth = context.cameras.project(points[:, None])  # [B, V, P, 2], [B, V, P]
         size = torch.tensor([context.cameras.width, context.cameras.height], dtype=uv.dtype, device=uv.device)
-        grid = 2.0 * uv / size - 1.0
+        grid = (2.0 * uv / size - 1.0).to(context.features.dtype)
         valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)  # [B, V, P]
         sampled = F.grid_sample(
             fold_views(context.features), fold_views(grid)[:, :, None], align_corners=False, padding_mode="zeros"
