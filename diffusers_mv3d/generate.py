@@ -6,13 +6,13 @@ a grid, cameras, a coloured mesh and a turntable, with the embedded default mode
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 import PIL.Image
+
+from .io_utils import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DEFAULT = REPO_ROOT / "pipelines" / "tunemv3d-tiny"
@@ -28,19 +28,6 @@ def view_grid(images: List[PIL.Image.Image], columns: Optional[int] = None) -> P
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * width, (i // columns) * height))
     return grid
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` then rename onto ``path``: no half-written outputs."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def resolve_model(model: Optional[str]) -> str:
@@ -107,13 +94,13 @@ def generate(
     written = {}
     for i, view in enumerate(result.images):
         path = out / f"view_{i:02d}.png"
-        _atomic_write_bytes(path, lambda tmp, view=view: view.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, view=view: view.save(tmp, format="PNG"))
         written[path.stem] = path
     written["views"] = out / "views.png"
-    _atomic_write_bytes(written["views"], lambda tmp: view_grid(result.images).save(tmp, format="PNG"))
+    atomic_write(written["views"], lambda tmp: view_grid(result.images).save(tmp, format="PNG"))
     written["cameras"] = out / "cameras.json"
     payload = json.dumps({**result.cameras.to_dict(), "prompt": prompt, "seed": seed}, indent=1)
-    _atomic_write_bytes(written["cameras"], lambda tmp: Path(tmp).write_text(payload))
+    atomic_write(written["cameras"], lambda tmp: Path(tmp).write_text(payload))
     if result.mesh is not None:
         written["mesh"] = Path(export_mesh(result.mesh, out / "mesh.glb"))
         frames = render_turntable(result.mesh, num_frames=turntable_frames, resolution=128)

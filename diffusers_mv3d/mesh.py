@@ -19,7 +19,6 @@ it trimesh falls back to pure Python, about 1000x slower.
 """
 
 import os
-import tempfile
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 import trimesh
 
 from .cameras import DEFAULT_FOV, DEFAULT_RADIUS, Cameras
+from .io_utils import atomic_write
 from .models.latent_sparse_neus import LatentSparseNeuS, NeuSContext
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
@@ -205,24 +205,6 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- 3. files
-def _atomic_write(path: str, write) -> str:
-    """Call ``write(temporary_path)`` for a file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
-
-
 def export_mesh(mesh: trimesh.Trimesh, path: Union[str, os.PathLike]) -> str:
     """Write ``mesh`` (with its vertex colours) to ``path``: .glb, .obj or .ply by suffix, atomically.
 
@@ -231,7 +213,7 @@ def export_mesh(mesh: trimesh.Trimesh, path: Union[str, os.PathLike]) -> str:
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in MESH_SUFFIXES:
         raise ValueError(f"cannot export a mesh to {os.fspath(path)!r}: the suffix must be one of {MESH_SUFFIXES}")
-    return _atomic_write(path, lambda temporary: mesh.export(temporary, file_type=suffix[1:]))
+    return atomic_write(path, lambda temporary: mesh.export(temporary, file_type=suffix[1:]))
 
 
 def turntable_frames(
@@ -298,7 +280,7 @@ def save_turntable_gif(frames: Sequence[PIL.Image.Image], path: Union[str, os.Pa
         images[0].save(temporary, format="GIF", save_all=True, append_images=images[1:],
                        duration=int(round(1000 / fps)), loop=0)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 __all__ = [
