@@ -117,23 +117,24 @@ class GeometryAwareAttention(nn.Module):
         valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)  # [B, Vk, Vq*hw*M]
         sampled = F.grid_sample(fold_views(key_value), fold_views(grid)[:, :, None], align_corners=False)
         sampled = unfold_views(sampled.squeeze(-1), views)  # [B, Vk, 2C, Vq*hw*M]
-        sampled = sampled.reshape(batch, views, 2 * channels, views, h * w, m).permute(0, 3, 4, 1, 5, 2)
-        key, value = sampled.split(channels, dim=-1)  # [B, Vq, hw, Vk, M, C]
-        valid = valid.reshape(batch, views, views, h * w, m).permute(0, 2, 3, 1, 4)  # [B, Vq, hw, Vk, M]
-        other_view = ~torch.eye(views, dtype=torch.bool, device=valid.device)  # [Vq, Vk]
-        valid = valid & other_view[None, :, None, :, None] & inside[:, :, :, None, :]
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        # keys and values stay in the sampled layout (no copies): [B, Vk, heads, d, Vq, hw, M]
+        key_value = sampled.view(batch, views, 2, heads, head_dim, views, h * w, m)
+        key, value = key_value[:, :, 0], key_value[:, :, 1]
+        q = query.permute(0, 3, 4, 1, 2)[:, None, :, :, :, :, None]  # [B, 1, heads, d, Vq, hw, 1]
+        logits = (key * q).sum(3) / head_dim**0.5  # [B, Vk, heads, Vq, hw, M]
 
-        # attention over the Vk * M candidate keys of each query pixel, weighted by the NeuS weights
-        head_dim = channels // self.num_heads
-        key = key.reshape(batch, views, h * w, views * m, self.num_heads, head_dim)
-        value = value.reshape(batch, views, h * w, views * m, self.num_heads, head_dim)
-        logits = torch.einsum("bqpnd,bqpknd->bqpnk", query, key) / head_dim**0.5  # [B, Vq, hw, heads, Vk*M]
-        valid = valid.reshape(batch, views, h * w, 1, views * m)
+        # only other views, only points that project into them, only frustum rays inside the image
+        other_view = ~torch.eye(views, dtype=torch.bool, device=valid.device)  # [Vk, Vq]
+        valid = valid.view(batch, views, 1, views, h * w, m) & other_view[None, :, None, :, None, None]
+        valid = valid & inside[:, None, None]
         logits = logits.masked_fill(~valid, float("-inf"))
-        attention = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows with no valid key give zeros
-        nerf_weight = point_weights[:, :, :, None, None, :].expand(-1, -1, -1, 1, views, m).reshape(
-            batch, views, h * w, 1, views * m
-        )
-        attention = attention * nerf_weight
-        out = torch.einsum("bqpnk,bqpknd->bqpnd", attention, value).reshape(batch, views, h, w, channels)
+
+        # softmax over the Vk * M candidate keys of each query pixel, times the NeuS weights
+        flat = logits.permute(0, 2, 3, 4, 1, 5).reshape(batch, heads, views, h * w, views * m)
+        attention = torch.softmax(flat, dim=-1).nan_to_num(0.0)  # rows with no valid key give zeros
+        attention = attention.view(batch, heads, views, h * w, views, m).permute(0, 4, 1, 2, 3, 5)
+        attention = attention * point_weights[:, None, None]  # [B, Vk, heads, Vq, hw, M]
+        out = (value * attention[:, :, :, None]).sum(dim=(1, 6))  # [B, heads, d, Vq, hw]
+        out = out.permute(0, 3, 4, 1, 2).reshape(batch, views, h, w, channels)
         return hidden_states + self.to_out(out).permute(0, 1, 4, 2, 3)
