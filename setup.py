@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["diffusers_mv3d", "diffusers_mv3d.*"]),
+    package_data={"diffusers_mv3d.evaluation": ["attribute_classifier/*"]},
     python_requires=">=3.9",
     install_requires=[
         "diffusers>=0.30",
