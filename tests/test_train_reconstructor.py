@@ -111,11 +111,11 @@ def test_cli_dry_run_in_a_subprocess():
 
     result = subprocess.run(
         [sys.executable, "-m", "diffusers_mv3d.cli", "train-reconstructor", "--config",
-         str(REPO / "configs" / "reconstructor-tiny.yaml"), "--dry-run", "--eikonal-weight", "0.1"],
+         str(REPO / "configs" / "reconstructor-tiny.yaml"), "--dry-run", "--eikonal-weight", "0.5"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert yaml.safe_load(result.stdout) == config_to_dict(ReconstructorTrainConfig(eikonal_weight=0.1))
+    assert yaml.safe_load(result.stdout) == config_to_dict(ReconstructorTrainConfig(eikonal_weight=0.5))
 
 
 def test_the_step_trains_colours_masks_and_the_eikonal_term(objects_dir):

@@ -338,9 +338,18 @@ def test_stop_and_resume_equals_the_uninterrupted_run(straight_run, workdir):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range (32768+), where a client of the rendezvous store could
+    otherwise be given the store's own port and connect to itself."""
+    import random
+
+    for port in random.Random(os.getpid()).sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def test_two_processes_train_in_sync(workdir, tmp_path):
@@ -352,10 +361,13 @@ def test_two_processes_train_in_sync(workdir, tmp_path):
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
          "-m", "diffusers_mv3d.cli", "train", "--config", str(config)],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = {s["rank"]: s for s in (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))}
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2, result.stdout[-3000:]
+    summaries = {s["rank"]: s for s in map(json.loads, lines)}
     assert sorted(summaries) == [0, 1]  # two ranks, not two lone rank-0 processes
     assert summaries[0]["step"] == summaries[1]["step"] == 2
     assert summaries[0]["process_loss"] != summaries[1]["process_loss"]  # each rank trained on its own objects ...

@@ -958,21 +958,21 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
         done = step + 1
         process_loss = loss.item()
         last = reduce_mean(accelerator, {"loss": process_loss, **parts})  # logged: the mean over processes
+        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
+            accelerator.set_trigger()
+        out_of_time = accelerator.check_trigger()
         window_steps += 1
-        if window_steps == 10 or done == end_step:
+        if window_steps == 10 or done == end_step or out_of_time:
             samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
             window_start, window_steps = time.time(), 0
         lr = lr_scheduler.get_last_lr()[0]
         progress.update(1)
         progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", objects_s=f"{samples_per_s:.2f}")
-        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
+        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step or out_of_time):
             append_log(log_path, {"step": done, **last, "lr": lr, "grad_norm": float(grad_norm),
                                   "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
                                   "minutes": (time.time() - started) / 60})
 
-        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
-            accelerator.set_trigger()
-        out_of_time = accelerator.check_trigger()
         wrote = False
         if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
             write_checkpoint(done)
@@ -988,6 +988,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     progress.close()
     if cfg.push_to_hub and accelerator.is_main_process and step == cfg.max_train_steps:
         push_folder_to_hub(output_dir / "model", cfg.hub_model_id, cfg.hub_private, f"TuneMV3D branch, step {step}")
+    # rank 0 hosts the process group's store: no process tears it down while another still uses it
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return {
         "step": step,
@@ -1034,7 +1036,9 @@ def run_from_args(args) -> int:
             raise
         print(f"diffusers-mv3d train: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))  # one line a process (DDP ranks each print theirs)
+    # one line a process (DDP ranks each print theirs), in one write so that the ranks' lines do not interleave
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
     return 0
 
 
