@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--geometry-attention-heads", type=int, default=1, help="heads of each geometry-aware attention")
     parser.add_argument("--geometry-attention-neighbourhood", type=int, default=3,
                         help="side n of the n x n pixel frustum a query attends through (odd)")
-    parser.add_argument("--geometry-attention-samples", type=int, default=2, help="NeuS samples kept a ray")
+    parser.add_argument("--geometry-attention-samples", type=int, default=1, help="NeuS samples kept a ray")
     parser.add_argument("--conditioning-channels", type=int, nargs="+", default=[16],
                         help="channels of a re-initialised conditioning embedding (one stage keeps the resolution)")
     parser.add_argument("--zero-residuals", action="store_true",

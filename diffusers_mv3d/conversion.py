@@ -240,7 +240,7 @@ class FreshBranchConfig:
     """Heads of each geometry-aware attention layer."""
     geometry_attention_neighbourhood: int = 3
     """Side n of the n x n pixel frustum a query attends through (odd)."""
-    geometry_attention_samples: int = 2
+    geometry_attention_samples: int = 1
     """NeuS samples of largest weight kept a ray."""
     conditioning_channels: Tuple[int, ...] = (16,)
     """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
@@ -723,7 +723,7 @@ def convert_controlnet(
     geometry_attention_levels: Sequence[int] = (1,),
     geometry_attention_heads: int = 1,
     geometry_attention_neighbourhood: int = 3,
-    geometry_attention_samples: int = 2,
+    geometry_attention_samples: int = 1,
     conditioning_embedding_out_channels: Sequence[int] = (16,),
     zero_residuals: bool = False,
     seed: int = 0,

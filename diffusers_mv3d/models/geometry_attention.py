@@ -70,10 +70,10 @@ class GeometryAwareAttention(nn.Module):
         channels (`int`): feature channels C.
         num_heads (`int`, defaults to 1): attention heads (C must be divisible by it).
         neighbourhood (`int`, defaults to 3): side n of the pixel neighbourhood whose rays form the frustum.
-        samples_per_ray (`int`, defaults to 2): NeuS samples of largest weight kept on each ray.
+        samples_per_ray (`int`, defaults to 1): NeuS samples of largest weight kept on each ray.
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, neighbourhood: int = 3, samples_per_ray: int = 2):
+    def __init__(self, channels: int, num_heads: int = 1, neighbourhood: int = 3, samples_per_ray: int = 1):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels={channels} must be divisible by num_heads={num_heads}")

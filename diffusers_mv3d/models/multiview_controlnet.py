@@ -38,7 +38,7 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
             which GeometryAwareAttention runs (on the block's output).
         geometry_attention_heads (`int`, defaults to 1): heads of each attention layer.
         geometry_attention_neighbourhood (`int`, defaults to 3): side n of the frustum's pixel block.
-        geometry_attention_samples (`int`, defaults to 2): NeuS samples kept per ray.
+        geometry_attention_samples (`int`, defaults to 1): NeuS samples (largest weight first) kept per ray.
     """
 
     @register_to_config
@@ -48,7 +48,7 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
         geometry_attention_levels: Sequence[int] = (1,),
         geometry_attention_heads: int = 1,
         geometry_attention_neighbourhood: int = 3,
-        geometry_attention_samples: int = 2,
+        geometry_attention_samples: int = 1,
     ):
         super().__init__()
         self.encoder = ControlNetModel.from_config(dict(encoder_config or {}))

@@ -150,7 +150,7 @@ class TuneMV3DTrainConfig:
     """Heads of each geometry-aware attention layer."""
     geometry_attention_neighbourhood: int = 3
     """Side n of the n x n pixel frustum a query attends through (odd)."""
-    geometry_attention_samples: int = 2
+    geometry_attention_samples: int = 1
     """NeuS samples of largest weight kept a ray for the geometry-aware attention."""
     conditioning_channels: Tuple[int, ...] = (16,)
     """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
