@@ -165,13 +165,19 @@ class TuneMV3DPipeline(DiffusionPipeline):
         """Images in [-1, 1] ``[N, 3, H, W]`` -> the diffusion space (VAE latents when there is a VAE)."""
         if self.vae is None:
             return images
-        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
+        latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()
+        return (latents - self._vae_shift) * self.vae.config.scaling_factor
 
     def decode_views(self, latents: torch.Tensor) -> torch.Tensor:
         """The diffusion space -> images in [-1, 1]."""
         if self.vae is None:
             return latents
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor + self._vae_shift).sample
+
+    @property
+    def _vae_shift(self) -> float:
+        """The VAE's ``shift_factor`` (SD3-style VAEs), 0 for Stable Diffusion 1.x/2.x."""
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
 
     # ------------------------------------------------------------------ one denoiser evaluation
     def predict_noise(self, latents, timesteps, text, cameras, neus_output=None) -> torch.Tensor:
