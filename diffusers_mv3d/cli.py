@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from . import generate
 from .data import render_dataset
+from .evaluation import evaluate
 from .training import train_foundation, train_reconstructor, train_tunemv3d
 
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_foundation.add_parser(sub)
     train_tunemv3d.add_parser(sub)
     train_reconstructor.add_parser(sub)
-    _not_yet(sub, "evaluate")
+    evaluate.add_parser(sub)
     _not_yet(sub, "demo")
     return parser
 

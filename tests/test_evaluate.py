@@ -1,0 +1,217 @@
+"""The evaluation (``diffusers-mv3d evaluate``, ``benchmarks/bench_quality.py``): the prompt set, the
+variants' hooks, the mesh metrics against known answers, and an end-to-end run on a tiny random
+pipeline (2 prompts, 4 views, 2 steps, small grids)."""
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from diffusers_mv3d import cli
+from diffusers_mv3d.data.splits import is_in_3d_split
+from diffusers_mv3d.data.world import generate_object
+from diffusers_mv3d.evaluation.classifier import AttributeClassifier
+from diffusers_mv3d.evaluation.evaluate import (
+    VARIANTS,
+    EvalPrompt,
+    EvaluationConfig,
+    chamfer_l1,
+    evaluate,
+    ground_truth_object,
+    load_prompt_set,
+    sample_foundation,
+    volume_iou,
+    voxelize_mesh,
+    without_geometry_attention,
+    without_neus,
+)
+from dummies import randomize_branch, tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--views", "4", "--steps", "2", "--seeds", "0", "--hull-resolution", "16", "--recon-steps", "10",
+        "--recon-resolution", "8", "--mesh-resolution", "16", "--mesh-iou-resolution", "16", "--chamfer-points", "500",
+        "--num-threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a machine whose other core is busy are several times slower than one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A saved tiny pipeline, a tiny classifier, and a 2-prompt set (one in, one out of the 3D splits)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    tiny_pipeline().save_pretrained(root / "pipe")
+    torch.manual_seed(0)
+    AttributeClassifier(sample_size=16, block_out_channels=(8, 16), norm_num_groups=4).save_pretrained(root / "classifier")
+    prompts = [{"text": "a red chair with armrests", "category": "chair", "colour": "red"},
+               {"text": "a pink mug", "category": "mug", "colour": "pink"}]
+    (root / "prompts.json").write_text(json.dumps({"prompts": prompts, "seeds": [0]}))
+    (root / "one_prompt.json").write_text(json.dumps(prompts[:1]))
+    return root
+
+
+def run_pipe(pipe, **kwargs):
+    return pipe("a red chair with armrests", num_views=3, num_inference_steps=2, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+# ------------------------------------------------------------------------- the prompt set
+def test_the_fixed_prompt_set_has_labelled_in_and_out_of_split_prompts():
+    prompts, seeds = load_prompt_set()  # benchmarks/prompts.py
+    inside = [p for p in prompts if p.in_split]
+    outside = [p for p in prompts if not p.in_split]
+    assert len(inside) == 8 and len(outside) == 4 and seeds == (0, 1)
+    assert sum(p.category == "chair" for p in inside) == 2
+    assert all(is_in_3d_split(p.category, p.colour) for p in inside)
+    assert all(p.category in p.text and p.colour in p.text for p in prompts)
+    with pytest.raises(ValueError, match="category"):
+        EvalPrompt("a red dragon", "dragon", "red")
+
+
+def test_ground_truth_objects_have_the_prompts_attributes():
+    for prompt in (EvalPrompt("a red chair", "chair", "red"), EvalPrompt("a white snowman", "snowman", "white")):
+        first_id, first = ground_truth_object(prompt, 0)
+        second_id, _ = ground_truth_object(prompt, 1)
+        assert (first.category, first.colour) == (prompt.category, prompt.colour) and first_id != second_id
+    assert ground_truth_object(EvalPrompt("a red chair", "chair", "red"), 0)[0].endswith("-chair-red")  # an eval3d object
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--variants"):
+        EvaluationConfig(model="m", variants=("tunemv3d", "bogus"))
+    with pytest.raises(ValueError, match="--views"):
+        EvaluationConfig(model="m", views=1)
+    with pytest.raises(ValueError, match="--model"):
+        EvaluationConfig()
+
+
+# ------------------------------------------------------------------------- variants
+def test_foundation_variant_is_the_pipeline_without_its_branch():
+    """A fresh branch adds exactly zero, so the UNet alone with the same loop and noise gives the same views."""
+    pipe = tiny_pipeline()
+    expected = run_pipe(pipe)
+    got = sample_foundation(pipe, "a red chair with armrests", 3, 2, 3.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("context", [without_geometry_attention, without_neus])
+def test_ablation_contexts_change_the_output_and_restore_the_pipeline(context):
+    pipe = tiny_pipeline()
+    randomize_branch(pipe)
+    attention, forward = pipe.controlnet.geometry_attention, type(pipe.neus).forward
+    before = run_pipe(pipe)
+    with context(pipe):
+        ablated = run_pipe(pipe, consistency_ratio=0.0)
+    after = run_pipe(pipe)
+    assert torch.equal(before, after)
+    assert not torch.allclose(ablated, before, atol=1e-4)
+    assert pipe.controlnet.geometry_attention is attention and len(attention) == 2
+    assert "forward" not in pipe.neus.__dict__ and type(pipe.neus).forward is forward
+
+
+def test_without_neus_feeds_the_branch_no_neus_output():
+    pipe = tiny_pipeline()
+    seen = []
+    original = pipe.predict_noise
+    pipe.predict_noise = lambda *args, **kwargs: seen.append(args[4] if len(args) > 4 else kwargs.get("neus_output")) or original(*args, **kwargs)
+    with without_neus(pipe):
+        run_pipe(pipe, consistency_ratio=0.0)
+    assert seen and all(s is None for s in seen)
+    seen.clear()
+    run_pipe(pipe, consistency_ratio=0.0)
+    assert seen and all(s is not None for s in seen)
+
+
+# ------------------------------------------------------------------------- mesh metrics
+def test_mesh_metrics_identical_and_shifted():
+    chair = generate_object("chair", 3, "red").mesh
+    assert chamfer_l1(chair, chair, 2000) == 0.0
+    assert volume_iou(chair, chair, 24) == 1.0
+    shifted = chair.copy()
+    shifted.apply_translation([0.15, 0.0, 0.0])
+    assert chamfer_l1(chair, shifted, 2000) > 0.05
+    assert volume_iou(chair, shifted, 24) < 0.8
+    farther = chair.copy()
+    farther.apply_translation([0.3, 0.0, 0.0])
+    assert chamfer_l1(chair, farther, 2000) > chamfer_l1(chair, shifted, 2000)
+    assert volume_iou(chair, farther, 24) < volume_iou(chair, shifted, 24)
+
+
+def test_voxelize_mesh_counts_overlapping_parts_as_inside():
+    """Two overlapping closed boxes: parity over the whole mesh would call the overlap outside."""
+    a = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    b = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    b.apply_translation([0.5, 0.0, 0.0])
+    union = trimesh.util.concatenate([a, b])
+    occupancy = voxelize_mesh(union, 16)  # centres at -1 + (i + 0.5) / 8
+    axis = -1.0 + (np.arange(16) + 0.5) / 8
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    expected = (x > -0.5) & (x < 1.0) & (np.abs(y) < 0.5) & (np.abs(z) < 0.5)  # the naive union
+    assert np.array_equal(occupancy, expected)
+    assert volume_iou(a, union, 16) == pytest.approx(expected[x < 0.5].sum() / expected.sum())
+
+
+# ------------------------------------------------------------------------- end to end
+def test_evaluate_command_writes_every_variant(tiny_folder, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(tiny_folder / "pipe"), "--classifier", str(tiny_folder / "classifier"),
+            "--prompts", str(tiny_folder / "prompts.json"), "--image-to-multiview", "1", *FAST, "--out", str(out)]
+    assert cli.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    markdown = (out / "results.md").read_text()
+    assert list(results["variants"]) == list(VARIANTS)
+    for variant in VARIANTS:
+        assert f"| {variant} |" in markdown
+        assert results["variants"][variant]["all"]["objects"] == 2
+        assert results["variants"][variant]["in_split"]["objects"] == 1
+        assert (out / "views" / variant / "00-s0.png").is_file()
+    assert results["command"].startswith("diffusers-mv3d evaluate ") and f"`{results['command']}`" in markdown
+    assert "cores" in markdown and results["date"] in markdown
+    truth, control = results["variants"]["ground-truth"]["all"], results["variants"]["negative-control"]["all"]
+    assert truth["vh_iou"] > control["vh_iou"]
+    assert truth["category_accuracy"] is not None  # the classifier ran
+    i2mv = results["image_to_multiview"]
+    assert len(i2mv["objects"]) == 1 and i2mv["mean"]["psnr"] is not None and "### Image-to-multiview" in markdown
+    assert len(results["objects"]) == 2 * len(VARIANTS)
+
+
+def test_bench_script_wraps_the_same_evaluation_and_skips_a_missing_classifier(tiny_folder, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "results_quality.md"
+    argv = ["--model", str(tiny_folder / "pipe"), "--classifier", str(tmp_path / "nothing"), "--prompts",
+            str(tiny_folder / "prompts.json"), "--variants", "tunemv3d", "ground-truth", *FAST, "--out", str(out)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert bench.main(argv) == 0
+    assert any("fidelity is skipped" in str(w.message) for w in caught)
+    markdown = out.read_text()
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert markdown.count("| tunemv3d |") == 2 and "| ground-truth |" in markdown and "| k0 |" not in markdown
+    assert results["command"] == "python benchmarks/bench_quality.py " + " ".join(argv)
+    assert results["variants"]["ground-truth"]["all"]["category_accuracy"] is None  # fidelity skipped
+    assert "| ground-truth | - |" in markdown
+
+
+def test_evaluate_in_process_with_a_pipeline(tiny_folder):
+    """The library call: a loaded pipeline, the references only, one prompt (the negative control
+    then mixes two objects of that prompt), fidelity switched off."""
+    cfg = EvaluationConfig(model="in-memory", prompts=str(tiny_folder / "one_prompt.json"), views=4,
+                           variants=("ground-truth", "negative-control"), hull_resolution=16, recon_steps=10,
+                           recon_resolution=8, fidelity=False)
+    results = evaluate(cfg, pipe=tiny_pipeline())
+    assert results["classifier"].startswith("skipped") and results["seeds"] == [0]
+    assert results["variants"]["ground-truth"]["all"]["objects"] == 1
+    assert results["variants"]["ground-truth"]["all"]["vh_iou"] > results["variants"]["negative-control"]["all"]["vh_iou"]
