@@ -46,6 +46,7 @@ from .models.latent_sparse_neus import LatentSparseNeuS
 from .models.multiview_controlnet import MultiViewControlNetModel
 from .pipelines.pipeline_tunemv3d import TuneMV3DPipeline
 from .schedulers.consistency_guidance import ConsistencyGuidanceScheduler
+from .training.train_tunemv3d import TuneMV3DTrainConfig, build_branch_from_unet, build_neus
 
 __all__ = [
     "ASSEMBLE_SCRIPT",
@@ -227,86 +228,25 @@ def inference_scheduler(base_scheduler_config: Dict[str, Any], latent: bool, con
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FreshBranchConfig:
-    """Architecture of a fresh branch: the defaults of ``diffusers-mv3d train`` (``TuneMV3DTrainConfig``),
-    so a fresh pipeline's branch is the one the trainer starts from with the same ``seed``."""
-
-    seed: int = 0
-    """Seeds the new weights (the trainer's ``--seed``)."""
-    geometry_attention_levels: Tuple[int, ...] = (0,)
-    """UNet down blocks after which geometry-aware attention runs."""
-    geometry_attention_heads: int = 1
-    """Heads of each geometry-aware attention layer."""
-    geometry_attention_neighbourhood: int = 3
-    """Side n of the n x n pixel frustum a query attends through (odd)."""
-    geometry_attention_samples: int = 1
-    """NeuS samples of largest weight kept a ray."""
-    conditioning_channels: Tuple[int, ...] = (16,)
-    """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
-    neus_render_resolution: int = 16
-    """Side of the NeuS render that conditions the branch; 0 = the diffusion-space resolution."""
-    neus_num_coarse_samples: int = 16
-    """Stratified samples a ray."""
-    neus_num_importance_samples: int = 8
-    """Importance samples a ray."""
-    neus_feature_channels: int = 16
-    """Channels of the encoded view features."""
-    neus_encoder_channels: int = 32
-    """Width of the NeuS view encoder."""
-    neus_encoder_downsample: int = 2
-    """Stride of the NeuS view encoder."""
-    neus_hidden_dim: int = 64
-    """Width of the SDF and feature MLPs."""
-    neus_num_sdf_layers: int = 3
-    """Depth of the SDF MLP."""
-    neus_num_color_layers: int = 2
-    """Depth of the feature (colour) MLP."""
-    neus_num_frequencies: int = 4
-    """Positional-encoding frequencies of the 3D points."""
-    neus_chunk_size: int = 16384
-    """Rays rendered at once (bounds peak memory, not the result)."""
+FreshBranchConfig = TuneMV3DTrainConfig
+"""Architecture of a fresh branch: the settings of ``diffusers-mv3d train`` themselves
+(``TuneMV3DTrainConfig``; only ``seed``, ``geometry_attention_*``, ``conditioning_channels`` and
+``neus_*`` are read), so a fresh pipeline's branch is the one the trainer starts from with the same ``seed``."""
 
 
 def fresh_neus(in_channels: int, latent: bool, cfg: FreshBranchConfig) -> LatentSparseNeuS:
     """A new LatentSparseNeuS in the diffusion space (background 1.0 = white pixels, 0.0 for latents)."""
-    return LatentSparseNeuS(
-        in_channels=in_channels,
-        feature_channels=cfg.neus_feature_channels,
-        encoder_channels=cfg.neus_encoder_channels,
-        encoder_downsample=cfg.neus_encoder_downsample,
-        hidden_dim=cfg.neus_hidden_dim,
-        num_sdf_layers=cfg.neus_num_sdf_layers,
-        num_color_layers=cfg.neus_num_color_layers,
-        num_frequencies=cfg.neus_num_frequencies,
-        num_coarse_samples=cfg.neus_num_coarse_samples,
-        num_importance_samples=cfg.neus_num_importance_samples,
-        render_resolution=cfg.neus_render_resolution or None,
-        background=0.0 if latent else 1.0,
-        chunk_size=cfg.neus_chunk_size,
-    )
+    return build_neus(in_channels, latent, cfg)
 
 
 def fresh_branch(unet, latent: bool, cfg: Optional[FreshBranchConfig] = None
                  ) -> Tuple[MultiViewControlNetModel, LatentSparseNeuS]:
-    """``MultiViewControlNetModel.from_unet`` + a new ``LatentSparseNeuS``, seeded by ``cfg.seed``
+    """``MultiViewControlNetModel.from_unet`` + a new ``LatentSparseNeuS`` as the trainer builds them
+    (:func:`~diffusers_mv3d.training.train_tunemv3d.build_branch_from_unet`), seeded by ``cfg.seed``
     (the global RNG is left as it was). The branch's residuals are exactly zero."""
     cfg = cfg or FreshBranchConfig()
-    levels = len(unet.config.block_out_channels)
-    if any(level < 0 or level >= levels for level in cfg.geometry_attention_levels):
-        raise ValueError(f"--geometry-attention-levels {tuple(cfg.geometry_attention_levels)} must index the "
-                         f"UNet's {levels} down blocks (0..{levels - 1})")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        controlnet = MultiViewControlNetModel.from_unet(
-            unet,
-            conditioning_embedding_out_channels=tuple(cfg.conditioning_channels),
-            geometry_attention_levels=tuple(cfg.geometry_attention_levels),
-            geometry_attention_heads=cfg.geometry_attention_heads,
-            geometry_attention_neighbourhood=cfg.geometry_attention_neighbourhood,
-            geometry_attention_samples=cfg.geometry_attention_samples,
-        )
-        neus = fresh_neus(int(unet.config.in_channels), latent, cfg)
+        controlnet, neus = build_branch_from_unet(unet, int(unet.config.in_channels), latent, cfg)
     return controlnet.eval(), neus.eval()
 
 

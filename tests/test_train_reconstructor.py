@@ -22,17 +22,12 @@ from diffusers_mv3d.training.train_reconstructor import (
     main,
     reconstruction_losses,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from training_fixtures import REPO, render_objects, weights
 
 
 @pytest.fixture(scope="module")
 def objects_dir(tmp_path_factory) -> Path:
-    from diffusers_mv3d.data.render_dataset import RenderConfig, render
-
-    out = tmp_path_factory.mktemp("reconstructor") / "objects"
-    render(RenderConfig(out=str(out), split="objects3d", num_objects=4, resolution=16, workers=1, save_mesh=False))
-    return out
+    return render_objects(tmp_path_factory.mktemp("reconstructor") / "objects")
 
 
 def tiny_settings(objects_dir: Path, output_dir: Path, **overrides) -> dict:
@@ -69,12 +64,6 @@ def tiny_settings(objects_dir: Path, output_dir: Path, **overrides) -> dict:
 def straight_run(objects_dir):
     out = objects_dir.parent / "straight"
     return main(ReconstructorTrainConfig(**tiny_settings(objects_dir, out))), out
-
-
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 @pytest.mark.parametrize(

@@ -26,22 +26,13 @@ from diffusers_mv3d.training.train_tunemv3d import (
     main,
     training_losses,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from training_fixtures import REPO, render_objects, weights
 CAPTIONS = ["a red chair", "a green bench with a slatted seat", "a blue table"]
 
 
 # ------------------------------------------------------------------------------------------------
 # Fixtures: rendered objects, tiny foundations (pixel space as train-foundation writes it; latent space)
 # ------------------------------------------------------------------------------------------------
-
-
-def render_objects(out: Path, num_objects: int = 4, resolution: int = 16) -> Path:
-    from diffusers_mv3d.data.render_dataset import RenderConfig, render
-
-    render(RenderConfig(out=str(out), split="objects3d", num_objects=num_objects, resolution=resolution, workers=1,
-                        save_mesh=False))
-    return out
 
 
 def make_pixel_foundation(folder: Path, resolution: int = 16) -> Path:
@@ -124,12 +115,6 @@ def straight_run(workdir):
     """3 uninterrupted steps (checkpoints at 2 and 3, a validation grid at 3)."""
     out = workdir / "straight"
     return main(TuneMV3DTrainConfig(**tiny_settings(workdir, out))), out
-
-
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,18 +35,37 @@ import dataclasses
 import json
 import math
 import os
-import re
-import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
+from .checkpointing import (
+    STATE_FILE,
+    append_log,
+    check_architecture,
+    latest_checkpoint,
+    optimizer_state_from_files,
+    optimizer_state_to_files,
+    peak_rss_mb,
+    prune_checkpoints,
+    resolve_resume,
+    write_atomically,
+)
+from .common import (
+    add_trainer_parser,
+    check_batch_size,
+    final_step,
+    global_batch_indices,  # re-exported: the batch stream this trainer documents
+    save_grid,
+    script_main,
+    step_generator,
+    step_loader,
+)
+from .config import config_to_dict, flag_name, resolve_or_exit, save_config
 from .text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
 
 __all__ = [
@@ -380,46 +399,11 @@ def read_captions(data_dir: str) -> List[str]:
         return [json.loads(line)["text"] for line in handle if line.strip()]
 
 
-def global_batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> List[int]:
-    """Dataset indices of step ``step``: slice [step*B, (step+1)*B) of an endless concatenation of
-    permutations, one per epoch, each seeded by (seed, epoch)."""
-    indices: List[int] = []
-    start = step * batch_size
-    while len(indices) < batch_size:
-        epoch, offset = divmod(start + len(indices), num_items)
-        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        indices.extend(perm[offset : offset + batch_size - len(indices)].tolist())
-    return indices
-
-
-class StepBatchSampler(torch.utils.data.Sampler):
-    """Yields this process's share (every ``num_processes``-th index) of the global batch of each step."""
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
-                 process_index: int = 0, num_processes: int = 1):
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.start_step, self.end_step = start_step, end_step
-        self.process_index, self.num_processes = process_index, num_processes
-
-    def __len__(self) -> int:
-        return max(0, self.end_step - self.start_step)
-
-    def __iter__(self) -> Iterator[List[int]]:
-        for step in range(self.start_step, self.end_step):
-            batch = global_batch_indices(step, self.batch_size, self.num_items, self.seed)
-            yield batch[self.process_index :: self.num_processes]
-
-
 def collate(items: Sequence[dict]) -> dict:
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, H, W) in [-1, 1]
         "caption": [item["caption"] for item in items],
     }
-
-
-def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
-    """The generator of one step's caption dropout, timesteps and noise on one process."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + process_index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,52 +451,9 @@ def sample_ddim(
     return x.clamp(-1, 1)
 
 
-def save_grid(images: torch.Tensor, path: str, ncol: int, upscale: int = 4) -> None:
-    """Write images [N, 3, H, W] in [-1, 1] as one PNG, ``ncol`` per row, nearest-upscaled."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    nrow = math.ceil(n / ncol)
-    grid = torch.ones(3, nrow * h, ncol * w)
-    for i, image in enumerate(images.float().cpu()):
-        r, c = divmod(i, ncol)
-        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = (image + 1) / 2
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).resize((ncol * w * upscale, nrow * h * upscale), Image.NEAREST).save(path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Folders: pipeline and checkpoints, written atomically (temporary folder, then rename)
 # ----------------------------------------------------------------------------------------------
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILE = "trainer_state.json"
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` to ``final`` by renames only; ``final`` is never a partial folder."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _write_atomically(final: Path, write) -> None:
-    """Call ``write(tmp_folder)``, then rename it to ``final``; on failure remove the temporary folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) -> None:
     """Write an ``IFPipeline`` folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/)."""
@@ -535,7 +476,7 @@ def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) 
         # "PreTrainedTokenizerFast" loads in both
         _rename_tokenizer_class(tmp, "PreTrainedTokenizerFast")
 
-    _write_atomically(folder, write)
+    write_atomically(folder, write)
 
 
 def _rename_tokenizer_class(folder: Path, name: str) -> None:
@@ -554,22 +495,6 @@ def load_pipeline(folder: str, **kwargs):
     from diffusers import IFPipeline
 
     return IFPipeline.from_pretrained(folder, **kwargs)
-
-
-def list_checkpoints(checkpoint_dir: Path) -> List[Tuple[int, Path]]:
-    """Finished checkpoints (``checkpoint-N`` holding trainer_state.json), oldest first."""
-    found = []
-    if checkpoint_dir.is_dir():
-        for path in checkpoint_dir.iterdir():
-            match = CHECKPOINT_RE.match(path.name)
-            if match and (path / STATE_FILE).is_file():
-                found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
-    found = list_checkpoints(checkpoint_dir)
-    return found[-1][1] if found else None
 
 
 def _named_parameters(unet, text_encoder) -> List[Tuple[str, torch.nn.Parameter]]:
@@ -592,19 +517,11 @@ def save_checkpoint(folder: Path, step: int, unet, text_encoder, tokenizer, ema,
         ema_state = ema.state_dict()
         save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema_state.pop("shadow_params"))},
                   str(tmp / "ema.safetensors"))
-        opt_state = optimizer.state_dict()
-        tensors, plain_state = {}, {}
-        for index, param_state in opt_state["state"].items():
-            plain_state[str(index)] = {}
-            for key, value in param_state.items():
-                if torch.is_tensor(value):
-                    tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    plain_state[str(index)][key] = value
+        tensors, plain = optimizer_state_to_files(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         state = {
             "step": step,
-            "optimizer": {"param_groups": opt_state["param_groups"], "state": plain_state},
+            "optimizer": plain,
             "lr_scheduler": lr_scheduler.state_dict(),
             "ema": ema_state,
             "architecture": cfg.architecture(),
@@ -613,7 +530,7 @@ def save_checkpoint(folder: Path, step: int, unet, text_encoder, tokenizer, ema,
         # written last: its presence marks a finished checkpoint even without the rename
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    _write_atomically(folder, write)
+    write_atomically(folder, write)
 
 
 def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_scheduler) -> int:
@@ -625,32 +542,10 @@ def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_sch
     names = [name for name, _ in _named_parameters(unet, text_encoder)]
     shadow = load_file(str(folder / "ema.safetensors"))
     ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    opt_state: Dict[int, dict] = {int(i): dict(plain) for i, plain in state["optimizer"]["state"].items()}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        opt_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer"]["param_groups"]})
+    optimizer.load_state_dict(optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")),
+                                                         state["optimizer"]))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return int(state["step"])
-
-
-def resolve_resume(cfg: FoundationTrainConfig) -> Optional[Path]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "latest":
-        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
-    path = Path(cfg.resume)
-    if not (path / STATE_FILE).is_file():
-        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
-    return path
-
-
-def _prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str], count: int = 8) -> List[str]:
@@ -660,11 +555,6 @@ def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str]
     if len(unique) <= count:
         return unique
     return [unique[round(i * (len(unique) - 1) / (count - 1))] for i in range(count)]
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -699,8 +589,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=several_processes and not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    check_batch_size(cfg, world)
     output_dir = Path(cfg.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     captions = read_captions(cfg.data_dir)
@@ -715,11 +604,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
         text_encoder = build_text_encoder(tokenizer, cfg.text_hidden_size, cfg.text_layers, cfg.text_heads)
         unet = build_unet(cfg)
     else:
-        saved = json.loads((resume_from / STATE_FILE).read_text())["architecture"]
-        for name, value in cfg.architecture().items():
-            if saved.get(name) != value:
-                raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
-                                 f"({resume_from}); a resumed run keeps the architecture")
+        check_architecture(cfg, resume_from)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(resume_from / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(resume_from / "text_encoder")
         unet = UNet2DConditionModel.from_pretrained(resume_from / "unet")
@@ -741,13 +626,8 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     ema.to(accelerator.device)
     raw_unet, raw_text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
 
-    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
-        num_workers=cfg.num_workers,
-        collate_fn=collate,
-    )
+    end_step = final_step(cfg)
+    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate)
     prompts = _pick_validation_prompts(cfg, captions)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -767,7 +647,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
                             ema, optimizer, lr_scheduler, cfg)
             with_ema_weights(lambda: save_pipeline(output_dir / "pipeline", raw_unet, raw_text_encoder, tokenizer,
                                                    noise_scheduler))
-            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
     def write_samples(step: int) -> None:
@@ -833,8 +713,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
             record = {"step": done, "loss": last_loss, **parts, "lr": lr, "grad_norm": float(grad_norm),
                       "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
                       "minutes": (time.time() - started) / 60, "cpu_seconds": time.process_time()}
-            with open(log_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_log(log_path, record)
 
         if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
             accelerator.set_trigger()
@@ -871,16 +750,9 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
 
 def add_parser(subparsers) -> None:
     """Register ``train-foundation`` with the ``diffusers-mv3d`` sub-command parser."""
-    import argparse
-
-    parser = subparsers.add_parser(
-        "train-foundation",
-        help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dataclass_arguments(parser, FoundationTrainConfig)
-    parser.set_defaults(func=run_from_args)
+    add_trainer_parser(subparsers, "train-foundation",
+                       help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
+                       description=__doc__, config_class=FoundationTrainConfig, run_from_args=run_from_args)
 
 
 def run_from_args(args) -> int:
@@ -900,10 +772,6 @@ def run_from_args(args) -> int:
 
 
 if __name__ == "__main__":
-    import argparse
     import sys
 
-    _parser = argparse.ArgumentParser(prog="train_foundation")
-    _sub = _parser.add_subparsers(dest="command")
-    add_parser(_sub)
-    sys.exit(run_from_args(_parser.parse_args(["train-foundation", *sys.argv[1:]])))
+    sys.exit(script_main("train-foundation", "train_foundation", add_parser, run_from_args))

@@ -23,7 +23,6 @@ model card; rewritten at every checkpoint), ``checkpoints/checkpoint-NNNNNN/`` (
 and ``step-NNNNNN.glb`` (the validation object's mesh), ``log.jsonl`` and ``config.yaml``.
 """
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -34,22 +33,34 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
-from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
-from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
-from .train_foundation import StepBatchSampler, _prune_checkpoints, _write_atomically, latest_checkpoint, peak_rss_mb, save_grid, step_generator
-from .train_tunemv3d import (
+from .checkpointing import (
     append_log,
-    build_lr_scheduler,
     check_architecture,
-    gather_pixels,
+    latest_checkpoint,
     load_training_checkpoint,
-    make_accelerator,
-    reduce_mean,
-    render_losses,
+    peak_rss_mb,
+    prune_checkpoints,
     resolve_resume,
     save_training_checkpoint,
     weights_sha256,
+    write_atomically,
 )
+from .common import (
+    add_trainer_parser,
+    build_lr_scheduler,
+    check_batch_size,
+    final_step,
+    make_accelerator,
+    reduce_mean,
+    run_trainer,
+    save_grid,
+    script_main,
+    step_generator,
+    step_loader,
+)
+from .config import config_to_dict, flag_name, save_config
+from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
+from .train_tunemv3d import gather_pixels, render_losses
 
 __all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
 
@@ -356,7 +367,7 @@ def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: i
             usage=USAGE,
         )
 
-    _write_atomically(folder, write)
+    write_atomically(folder, write)
 
 
 def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
@@ -369,8 +380,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     # 1. Processes, folders, data
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    check_batch_size(cfg, world)
     device = accelerator.device
     output_dir = Path(cfg.output_dir)
     checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
@@ -399,13 +409,8 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(step_module)
     params = list(raw.parameters())
 
-    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
-        num_workers=cfg.num_workers,
-        collate_fn=collate_multiview,
-    )
+    end_step = final_step(cfg)
+    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, str(output_dir / "config.yaml"))
@@ -415,7 +420,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
             save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, {"reconstructor": raw.neus},
                                      optimizer, lr_scheduler, cfg)
             save_model_folder(output_dir / "model", raw.neus, cfg, step, log_path)
-            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
     def write_samples(step: int) -> None:
@@ -495,42 +500,18 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
 
 def add_parser(subparsers) -> None:
     """Register ``train-reconstructor`` with the ``diffusers-mv3d`` sub-command parser."""
-    import argparse
-
-    parser = subparsers.add_parser(
-        "train-reconstructor",
+    add_trainer_parser(
+        subparsers, "train-reconstructor",
         help="train the feed-forward SparseNeuS reconstructor (views -> SDF -> mesh, §3.5)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, config_class=ReconstructorTrainConfig, run_from_args=run_from_args,
     )
-    add_dataclass_arguments(parser, ReconstructorTrainConfig)
-    parser.set_defaults(func=run_from_args)
 
 
 def run_from_args(args) -> int:
-    import sys
-
-    try:
-        cfg = resolve_or_exit(ReconstructorTrainConfig, args)
-        if cfg is None:
-            return 0
-        summary = main(cfg)
-    except ValueError as error:
-        if not str(error).startswith("--"):  # not a user error naming its flag: keep the traceback
-            raise
-        print(f"diffusers-mv3d train-reconstructor: error: {error}", file=sys.stderr)
-        return 2
-    # one line a process (DDP ranks each print theirs), in one write so that the ranks' lines do not interleave
-    sys.stdout.write(json.dumps(summary) + "\n")
-    sys.stdout.flush()
-    return 0
+    return run_trainer("train-reconstructor", ReconstructorTrainConfig, main, args)
 
 
 if __name__ == "__main__":
-    import argparse
     import sys
 
-    _parser = argparse.ArgumentParser(prog="train_reconstructor")
-    _sub = _parser.add_subparsers(dest="command")
-    add_parser(_sub)
-    sys.exit(run_from_args(_parser.parse_args(["train-reconstructor", *sys.argv[1:]])))
+    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser, run_from_args))

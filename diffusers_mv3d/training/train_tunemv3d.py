@@ -42,7 +42,6 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
 
-import hashlib
 import json
 import os
 import time
@@ -53,19 +52,34 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import add_dataclass_arguments, config_to_dict, flag_name, resolve_or_exit, save_config
+from .checkpointing import (
+    append_log,
+    check_architecture,
+    latest_checkpoint,
+    load_training_checkpoint,
+    peak_rss_mb,
+    prune_checkpoints,
+    resolve_resume,
+    save_training_checkpoint,
+    weights_sha256,
+    write_atomically,
+)
+from .common import (
+    add_trainer_parser,
+    build_lr_scheduler,
+    check_batch_size,
+    final_step,
+    make_accelerator,
+    reduce_mean,
+    run_trainer,
+    save_grid,
+    script_main,
+    step_generator,
+    step_loader,
+)
+from .config import config_to_dict, flag_name, save_config
 from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
 from .text import encode_prompts
-from .train_foundation import (
-    STATE_FILE,
-    StepBatchSampler,
-    _prune_checkpoints,
-    _write_atomically,
-    latest_checkpoint,
-    peak_rss_mb,
-    save_grid,
-    step_generator,
-)
 
 __all__ = [
     "Foundation",
@@ -73,6 +87,8 @@ __all__ = [
     "TuneMV3DTrainConfig",
     "add_parser",
     "build_branch",
+    "build_branch_from_unet",
+    "build_neus",
     "load_foundation",
     "main",
     "render_losses",
@@ -393,27 +409,13 @@ def load_foundation(path: str, device: torch.device = torch.device("cpu")) -> Fo
 # ----------------------------------------------------------------------------------------------
 
 
-def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
-    """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
+def build_neus(in_channels: int, latent: bool, cfg: TuneMV3DTrainConfig):
+    """A fresh :class:`LatentSparseNeuS` with ``cfg``'s ``neus_*`` settings in a diffusion space of
+    ``in_channels`` (background 0.0 for latents, 1.0 = white pixels). Uses the global RNG as it is."""
     from ..models.latent_sparse_neus import LatentSparseNeuS
-    from ..models.multiview_controlnet import MultiViewControlNetModel
 
-    levels = len(foundation.unet.config.block_out_channels)
-    bad = [level for level in cfg.geometry_attention_levels if level >= levels]
-    if bad:
-        raise ValueError(f"{flag_name('geometry_attention_levels')} {cfg.geometry_attention_levels} must index the "
-                         f"UNet's {levels} down blocks (0..{levels - 1})")
-    torch.manual_seed(cfg.seed)
-    controlnet = MultiViewControlNetModel.from_unet(
-        foundation.unet,
-        conditioning_embedding_out_channels=cfg.conditioning_channels,
-        geometry_attention_levels=cfg.geometry_attention_levels,
-        geometry_attention_heads=cfg.geometry_attention_heads,
-        geometry_attention_neighbourhood=cfg.geometry_attention_neighbourhood,
-        geometry_attention_samples=cfg.geometry_attention_samples,
-    )
-    neus = LatentSparseNeuS(
-        in_channels=foundation.channels,
+    return LatentSparseNeuS(
+        in_channels=in_channels,
         feature_channels=cfg.neus_feature_channels,
         encoder_channels=cfg.neus_encoder_channels,
         encoder_downsample=cfg.neus_encoder_downsample,
@@ -424,10 +426,37 @@ def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
         num_coarse_samples=cfg.neus_num_coarse_samples,
         num_importance_samples=cfg.neus_num_importance_samples,
         render_resolution=cfg.neus_render_resolution or None,
-        background=0.0 if foundation.vae is not None else 1.0,  # white pixels; latents start at 0
+        background=0.0 if latent else 1.0,  # white pixels; latents start at 0
         chunk_size=cfg.neus_chunk_size,
     )
+
+
+def build_branch_from_unet(unet, in_channels: int, latent: bool, cfg: TuneMV3DTrainConfig):
+    """Fresh ``controlnet`` (``MultiViewControlNetModel.from_unet(unet)``) and ``neus``
+    (:func:`build_neus`), seeded by ``cfg.seed`` (``torch.manual_seed``: the global RNG)."""
+    from ..models.multiview_controlnet import MultiViewControlNetModel
+
+    levels = len(unet.config.block_out_channels)
+    bad = [level for level in cfg.geometry_attention_levels if level >= levels]
+    if bad:
+        raise ValueError(f"{flag_name('geometry_attention_levels')} {cfg.geometry_attention_levels} must index the "
+                         f"UNet's {levels} down blocks (0..{levels - 1})")
+    torch.manual_seed(cfg.seed)
+    controlnet = MultiViewControlNetModel.from_unet(
+        unet,
+        conditioning_embedding_out_channels=cfg.conditioning_channels,
+        geometry_attention_levels=cfg.geometry_attention_levels,
+        geometry_attention_heads=cfg.geometry_attention_heads,
+        geometry_attention_neighbourhood=cfg.geometry_attention_neighbourhood,
+        geometry_attention_samples=cfg.geometry_attention_samples,
+    )
+    neus = build_neus(in_channels, latent, cfg)
     return controlnet, neus
+
+
+def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
+    """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
+    return build_branch_from_unet(foundation.unet, foundation.channels, foundation.vae is not None, cfg)
 
 
 def _index_objects(cameras, index: torch.Tensor):
@@ -606,133 +635,6 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints (the folder conventions of train_foundation: temporary folder then rename, safetensors + JSON)
-# ----------------------------------------------------------------------------------------------
-
-
-def optimizer_state_to_files(optimizer) -> Tuple[Dict[str, torch.Tensor], Dict]:
-    """An optimizer's state as (tensors for safetensors, the JSON-able rest)."""
-    opt_state = optimizer.state_dict()
-    tensors, plain_state = {}, {}
-    for index, param_state in opt_state["state"].items():
-        plain_state[str(index)] = {}
-        for key, value in param_state.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                plain_state[str(index)][key] = value
-    return tensors, {"param_groups": opt_state["param_groups"], "state": plain_state}
-
-
-def optimizer_state_from_files(tensors: Dict[str, torch.Tensor], plain: Dict) -> Dict:
-    """Inverse of :func:`optimizer_state_to_files`: an ``optimizer.load_state_dict`` argument."""
-    state: Dict[int, dict] = {int(i): dict(p) for i, p in plain["state"].items()}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": plain["param_groups"]}
-
-
-def save_training_checkpoint(folder: Path, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
-                             cfg) -> None:
-    """Models (``save_pretrained`` sub-folders), optimizer (safetensors), schedule, step and settings (JSON)."""
-    from safetensors.torch import save_file
-
-    def write(tmp: Path) -> None:
-        for name, model in models.items():
-            model.save_pretrained(tmp / name, safe_serialization=True)
-        tensors, plain = optimizer_state_to_files(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(),
-                 "architecture": cfg.architecture(), "config": config_to_dict(cfg)}
-        # written last: its presence marks a finished checkpoint even without the rename
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-    _write_atomically(folder, write)
-
-
-def load_training_checkpoint(folder: Path, optimizer, lr_scheduler) -> int:
-    """Restore optimizer and schedule from a checkpoint (weights come from its model sub-folders); returns its step."""
-    from safetensors.torch import load_file
-
-    state = json.loads((folder / STATE_FILE).read_text())
-    optimizer.load_state_dict(optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")),
-                                                         state["optimizer"]))
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    return int(state["step"])
-
-
-def resolve_resume(cfg) -> Optional[Path]:
-    """The checkpoint ``--resume`` names (None: a fresh start)."""
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "latest":
-        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
-    path = Path(cfg.resume)
-    if not (path / STATE_FILE).is_file():
-        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
-    return path
-
-
-def check_architecture(cfg, checkpoint: Path) -> None:
-    """A resumed run keeps the settings that fix the weights' shapes."""
-    saved = json.loads((checkpoint / STATE_FILE).read_text())["architecture"]
-    for name, value in cfg.architecture().items():
-        if saved.get(name) != value:
-            raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
-                             f"({checkpoint}); a resumed run keeps the architecture")
-
-
-def weights_sha256(*models: torch.nn.Module) -> str:
-    """A hash of the models' parameters and buffers (to check that DDP ranks agree)."""
-    digest = hashlib.sha256()
-    for model in models:
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def build_lr_scheduler(optimizer, cfg):
-    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
-    if cfg.lr_scheduler == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
-    return get_constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
-
-
-def make_accelerator(cfg):
-    """The Accelerator of a trainer; several processes without GPUs become gloo DDP on CPUs.
-
-    ``accelerate launch --multi_gpu`` and ``torchrun`` set ``WORLD_SIZE``, but without a GPU
-    accelerate 1.x only joins the processes when ``Accelerator(cpu=True)``; otherwise every process
-    trains alone as rank 0 of 1 (the same batches, so their weights even agree, but nothing syncs).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
-    # find_unused_parameters: a step whose objects all drop the NeuS leaves the condition embedding
-    # and the geometry-aware attention without gradients
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def reduce_mean(accelerator, values: Dict[str, float]) -> Dict[str, float]:
-    """The mean of each value over the processes (one all-reduce; the values themselves on one process)."""
-    if accelerator.num_processes == 1:
-        return dict(values)
-    mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), "mean")
-    return dict(zip(values, mean.tolist()))
-
-
-def append_log(path: Path, record: Dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-# ----------------------------------------------------------------------------------------------
 # Output folder and validation
 # ----------------------------------------------------------------------------------------------
 
@@ -770,7 +672,7 @@ def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, 
             usage=USAGE,
         )
 
-    _write_atomically(folder, write)
+    write_atomically(folder, write)
 
 
 @torch.no_grad()
@@ -868,8 +770,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     # 1. Processes, folders, data, the frozen foundation
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.batch_size % world:
-        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+    check_batch_size(cfg, world)
     device = accelerator.device
     output_dir = Path(cfg.output_dir)
     checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
@@ -912,13 +813,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(branch)
     params = list(raw.parameters())
 
-    end_step = cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, end_step, rank, world),
-        num_workers=cfg.num_workers,
-        collate_fn=collate_multiview,
-    )
+    end_step = final_step(cfg)
+    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, str(output_dir / "config.yaml"))
@@ -928,7 +824,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
             save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step,
                                      {"controlnet": raw.controlnet, "neus": raw.neus}, optimizer, lr_scheduler, cfg)
             save_model_folder(output_dir / "model", raw.controlnet, raw.neus, cfg, step, log_path)
-            _prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
+            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
     def write_samples(step: int) -> None:
@@ -1011,42 +907,18 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
 
 def add_parser(subparsers) -> None:
     """Register ``train`` with the ``diffusers-mv3d`` sub-command parser."""
-    import argparse
-
-    parser = subparsers.add_parser(
-        "train",
+    add_trainer_parser(
+        subparsers, "train",
         help="tune a frozen text-to-image foundation into TuneMV3D (multi-view ControlNet + latent SparseNeuS)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, config_class=TuneMV3DTrainConfig, run_from_args=run_from_args,
     )
-    add_dataclass_arguments(parser, TuneMV3DTrainConfig)
-    parser.set_defaults(func=run_from_args)
 
 
 def run_from_args(args) -> int:
-    import sys
-
-    try:
-        cfg = resolve_or_exit(TuneMV3DTrainConfig, args)
-        if cfg is None:
-            return 0
-        summary = main(cfg)
-    except ValueError as error:
-        if not str(error).startswith("--"):  # not a user error naming its flag: keep the traceback
-            raise
-        print(f"diffusers-mv3d train: error: {error}", file=sys.stderr)
-        return 2
-    # one line a process (DDP ranks each print theirs), in one write so that the ranks' lines do not interleave
-    sys.stdout.write(json.dumps(summary) + "\n")
-    sys.stdout.flush()
-    return 0
+    return run_trainer("train", TuneMV3DTrainConfig, main, args)
 
 
 if __name__ == "__main__":
-    import argparse
     import sys
 
-    _parser = argparse.ArgumentParser(prog="train_tunemv3d")
-    _sub = _parser.add_subparsers(dest="command")
-    add_parser(_sub)
-    sys.exit(run_from_args(_parser.parse_args(["train", *sys.argv[1:]])))
+    sys.exit(script_main("train", "train_tunemv3d", add_parser, run_from_args))

@@ -1,0 +1,218 @@
+"""Folders and checkpoints of the trainers: written atomically, safetensors + JSON, no pickle.
+
+Layout under a trainer's ``--output-dir`` (shared by ``train-foundation``, ``train`` and
+``train-reconstructor``)::
+
+    checkpoints/checkpoint-NNNNNN/
+        <model>/                  save_pretrained sub-folders (unet/, controlnet/, neus/, reconstructor/, ...)
+        optimizer.safetensors     every tensor of the optimizer state, keyed "<param index>.<name>"
+        trainer_state.json        step, optimizer (param groups + the non-tensor state), lr_scheduler,
+                                  architecture, config; written last, so it marks a finished checkpoint
+    log.jsonl                     one JSON record a line (:func:`append_log`)
+
+Every folder is written into a temporary sibling and renamed into place (:func:`write_atomically`), so
+``final`` is never a partial folder, even if the process is killed mid-write.
+"""
+
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .config import config_to_dict, flag_name
+
+__all__ = [
+    "CHECKPOINT_RE",
+    "STATE_FILE",
+    "append_log",
+    "check_architecture",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_training_checkpoint",
+    "optimizer_state_from_files",
+    "optimizer_state_to_files",
+    "peak_rss_mb",
+    "prune_checkpoints",
+    "replace_dir",
+    "resolve_resume",
+    "save_training_checkpoint",
+    "weights_sha256",
+    "write_atomically",
+]
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic folders
+# ----------------------------------------------------------------------------------------------
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` to ``final`` by renames only; ``final`` is never a partial folder."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_atomically(final: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_folder)``, then rename it to ``final``; on failure remove the temporary folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(checkpoint_dir: Path) -> List[Tuple[int, Path]]:
+    """Finished checkpoints (``checkpoint-N`` holding trainer_state.json), oldest first."""
+    found = []
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.iterdir():
+            match = CHECKPOINT_RE.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    """The newest finished checkpoint under ``checkpoint_dir`` (None: there is none)."""
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` finished checkpoints (``keep`` 0 keeps all)."""
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_resume(cfg) -> Optional[Path]:
+    """The checkpoint ``--resume`` names (None: a fresh start).
+
+    ``cfg`` has ``resume`` (None, ``"latest"`` or a checkpoint folder) and ``output_dir``.
+    """
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    path = Path(cfg.resume)
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
+    return path
+
+
+def check_architecture(cfg, checkpoint: Path) -> None:
+    """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``)."""
+    saved = json.loads((checkpoint / STATE_FILE).read_text())["architecture"]
+    for name, value in cfg.architecture().items():
+        if saved.get(name) != value:
+            raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
+                             f"({checkpoint}); a resumed run keeps the architecture")
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state and training checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def optimizer_state_to_files(optimizer) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """An optimizer's state as (tensors for safetensors keyed ``"<index>.<name>"``, the JSON-able rest
+    ``{"param_groups": ..., "state": {"<index>": {non-tensor entries}}}``)."""
+    opt_state = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for index, param_state in opt_state["state"].items():
+        plain_state[str(index)] = {}
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state[str(index)][key] = value
+    return tensors, {"param_groups": opt_state["param_groups"], "state": plain_state}
+
+
+def optimizer_state_from_files(tensors: Dict[str, torch.Tensor], plain: Dict) -> Dict:
+    """Inverse of :func:`optimizer_state_to_files`: an ``optimizer.load_state_dict`` argument."""
+    state: Dict[int, dict] = {int(i): dict(p) for i, p in plain["state"].items()}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_training_checkpoint(folder: Path, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
+                             cfg) -> None:
+    """Models (``save_pretrained`` sub-folders), optimizer (safetensors), schedule, step and settings (JSON)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+        tensors, plain = optimizer_state_to_files(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(),
+                 "architecture": cfg.architecture(), "config": config_to_dict(cfg)}
+        # written last: its presence marks a finished checkpoint even without the rename
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    write_atomically(folder, write)
+
+
+def load_training_checkpoint(folder: Path, optimizer, lr_scheduler) -> int:
+    """Restore optimizer and schedule from a checkpoint (weights come from its model sub-folders); returns its step."""
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / STATE_FILE).read_text())
+    optimizer.load_state_dict(optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")),
+                                                         state["optimizer"]))
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Run records
+# ----------------------------------------------------------------------------------------------
+
+
+def weights_sha256(*models: torch.nn.Module) -> str:
+    """A hash of the models' parameters and buffers (to check that DDP ranks agree)."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def append_log(path: Path, record: Dict) -> None:
+    """Append ``record`` to ``log.jsonl`` as one JSON line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,205 @@
+"""Plumbing the trainers share: the reproducible batch stream, processes, LR schedule, sample grids and
+the command line.
+
+Every random draw of a run is a function of ``(seed, step)`` (and the process index), so a resumed run
+continues exactly where the checkpoint left off: :func:`global_batch_indices` picks a step's objects,
+:func:`step_generator` seeds a step's noise, caption dropout, rays.
+"""
+
+import math
+import os
+import sys
+from typing import Callable, Dict, Iterator, List, Type
+
+import torch
+
+from .config import add_dataclass_arguments, flag_name, resolve_or_exit
+
+__all__ = [
+    "StepBatchSampler",
+    "add_trainer_parser",
+    "build_lr_scheduler",
+    "check_batch_size",
+    "final_step",
+    "global_batch_indices",
+    "make_accelerator",
+    "reduce_mean",
+    "run_trainer",
+    "save_grid",
+    "script_main",
+    "step_generator",
+    "step_loader",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a reproducible stream of batches, a function of (seed, step) only
+# ----------------------------------------------------------------------------------------------
+
+
+def global_batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> List[int]:
+    """Dataset indices of step ``step``: slice [step*B, (step+1)*B) of an endless concatenation of
+    permutations, one per epoch, each seeded by (seed, epoch)."""
+    indices: List[int] = []
+    start = step * batch_size
+    while len(indices) < batch_size:
+        epoch, offset = divmod(start + len(indices), num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        indices.extend(perm[offset : offset + batch_size - len(indices)].tolist())
+    return indices
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields this process's share (every ``num_processes``-th index) of the global batch of each step."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int, end_step: int,
+                 process_index: int = 0, num_processes: int = 1):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start_step, self.end_step = start_step, end_step
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for step in range(self.start_step, self.end_step):
+            batch = global_batch_indices(step, self.batch_size, self.num_items, self.seed)
+            yield batch[self.process_index :: self.num_processes]
+
+
+def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
+    """The generator of one step's caption dropout, timesteps and noise on one process."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + process_index)
+
+
+def final_step(cfg) -> int:
+    """The step a run stops at: ``max_train_steps``, or ``stop_at_step`` when that is set and earlier."""
+    return cfg.max_train_steps if cfg.stop_at_step == 0 else min(cfg.stop_at_step, cfg.max_train_steps)
+
+
+def step_loader(dataset, cfg, start_step: int, stop_step: int, rank: int, world: int,
+                collate_fn: Callable) -> torch.utils.data.DataLoader:
+    """A DataLoader of steps ``start_step .. stop_step - 1``, this process's share of each global batch."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start_step, stop_step, rank, world),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes, schedule
+# ----------------------------------------------------------------------------------------------
+
+
+def check_batch_size(cfg, world: int) -> None:
+    """``--batch-size`` is the global batch: it must split evenly across the ``world`` processes."""
+    if cfg.batch_size % world:
+        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+
+
+def make_accelerator(cfg):
+    """The Accelerator of a trainer; several processes without GPUs become gloo DDP on CPUs.
+
+    ``accelerate launch --multi_gpu`` and ``torchrun`` set ``WORLD_SIZE``, but without a GPU
+    accelerate 1.x only joins the processes when ``Accelerator(cpu=True)``; otherwise every process
+    trains alone as rank 0 of 1 (the same batches, so their weights even agree, but nothing syncs).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
+    # find_unused_parameters: a step whose objects all drop the NeuS leaves the condition embedding
+    # and the geometry-aware attention without gradients
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def build_lr_scheduler(optimizer, cfg):
+    """Linear warm-up over ``cfg.lr_warmup_steps``, then constant or cosine decay to 0 at ``cfg.max_train_steps``."""
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if cfg.lr_scheduler == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
+    return get_constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
+
+
+def reduce_mean(accelerator, values: Dict[str, float]) -> Dict[str, float]:
+    """The mean of each value over the processes (one all-reduce; the values themselves on one process)."""
+    if accelerator.num_processes == 1:
+        return dict(values)
+    mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), "mean")
+    return dict(zip(values, mean.tolist()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation grids
+# ----------------------------------------------------------------------------------------------
+
+
+def save_grid(images: torch.Tensor, path: str, ncol: int, upscale: int = 4) -> None:
+    """Write images [N, 3, H, W] in [-1, 1] as one PNG, ``ncol`` per row, nearest-upscaled."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    nrow = math.ceil(n / ncol)
+    grid = torch.ones(3, nrow * h, ncol * w)
+    for i, image in enumerate(images.float().cpu()):
+        r, c = divmod(i, ncol)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = (image + 1) / 2
+    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array).resize((ncol * w * upscale, nrow * h * upscale), Image.NEAREST).save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_trainer_parser(subparsers, command: str, help: str, description: str, config_class: Type,
+                       run_from_args: Callable) -> None:
+    """Register a trainer's sub-command: its flags are ``config_class``'s fields (with ``--config``, ``--dry-run``)."""
+    import argparse
+
+    parser = subparsers.add_parser(
+        command,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, config_class)
+    parser.set_defaults(func=run_from_args)
+
+
+def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
+    """Resolve the settings, train, print the summary; a user error (a ValueError naming its flag) exits 2.
+
+    Every process prints its own summary line (DDP ranks each print theirs), in one write so that the
+    ranks' lines do not interleave.
+    """
+    import json
+
+    try:
+        cfg = resolve_or_exit(config_class, args)
+        if cfg is None:
+            return 0
+        summary = main(cfg)
+    except ValueError as error:
+        if not str(error).startswith("--"):  # not a user error naming its flag: keep the traceback
+            raise
+        print(f"diffusers-mv3d {command}: error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def script_main(command: str, prog: str, add_parser: Callable, run_from_args: Callable) -> int:
+    """``python -m diffusers_mv3d.training.<trainer> FLAGS``: the sub-command without the ``diffusers-mv3d`` CLI."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    add_parser(parser.add_subparsers(dest="command"))
+    return run_from_args(parser.parse_args([command, *sys.argv[1:]]))
