@@ -23,8 +23,6 @@ model card; rewritten at every checkpoint), ``checkpoints/checkpoint-NNNNNN/`` (
 and ``step-NNNNNN.glb`` (the validation object's mesh), ``log.jsonl`` and ``config.yaml``.
 """
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -33,33 +31,30 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
-from .checkpointing import (
-    append_log,
-    check_architecture,
-    latest_checkpoint,
-    load_training_checkpoint,
-    peak_rss_mb,
-    prune_checkpoints,
-    resolve_resume,
-    save_training_checkpoint,
-    weights_sha256,
-    write_atomically,
-)
+from .checkpointing import check_architecture, resolve_resume, write_atomically
 from .common import (
     add_trainer_parser,
-    build_lr_scheduler,
     check_batch_size,
     final_step,
     make_accelerator,
-    reduce_mean,
     run_trainer,
-    save_grid,
     script_main,
-    step_generator,
     step_loader,
 )
-from .config import config_to_dict, flag_name, save_config
-from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
+from .config import config_to_dict
+from .loop import (
+    check_common_settings,
+    check_log_and_hub_settings,
+    check_optimisation_settings,
+    finish_run,
+    load_multiview_dataset,
+    prepare_training,
+    run_paths,
+    setting_check,
+    train_loop,
+    write_run_config,
+)
+from .model_card import command_line, losses_from_log, write_model_card
 from .train_tunemv3d import gather_pixels, render_losses
 
 __all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
@@ -164,9 +159,7 @@ class ReconstructorTrainConfig:
     """Create the Hub repository private."""
 
     def __post_init__(self) -> None:
-        def check(ok: bool, field: str, requirement: str) -> None:
-            if not ok:
-                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
+        check = setting_check(self)
 
         check(bool(self.data_dir), "data_dir", "must name a folder")
         check(bool(self.output_dir), "output_dir", "must name a folder")
@@ -177,12 +170,7 @@ class ReconstructorTrainConfig:
         check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
-        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
-        check(self.seed >= 0, "seed", "must be >= 0")
-        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        check_optimisation_settings(self, check)
         check(self.rays_per_view >= 1, "rays_per_view", "must be >= 1")
         check(self.mask_loss_weight >= 0, "mask_loss_weight", "must be >= 0")
         check(self.eikonal_weight >= 0, "eikonal_weight", "must be >= 0")
@@ -194,16 +182,10 @@ class ReconstructorTrainConfig:
         check(self.num_coarse_samples >= 2, "num_coarse_samples", "must be >= 2")
         check(self.num_importance_samples >= 0, "num_importance_samples", "must be >= 0")
         check(0 < self.init_radius < 1, "init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
-        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
-        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
-        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
-        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
-        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
-        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check_common_settings(self, check)
         check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
-        check(self.log_every >= 1, "log_every", "must be >= 1")
-        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+        check_log_and_hub_settings(self, check)
 
     def architecture(self) -> Dict[str, object]:
         """The settings that fix the weights' shapes (a resumed run must keep them)."""
@@ -370,11 +352,18 @@ def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: i
     write_atomically(folder, write)
 
 
+def validation_outputs(neus, item: Dict, cfg: ReconstructorTrainConfig, device: torch.device, step: int,
+                       samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, object]]:
+    """The validation grid and its log record; writes the mesh to ``samples_dir/step-NNNNNN.glb`` (when there is one)."""
+    grid, metrics, mesh = validation_renders(neus, item, device, cfg.validation_mesh_resolution)
+    if mesh is not None:
+        mesh.export(str(samples_dir / f"step-{step:06d}.glb"))
+    return grid, {**metrics, "mesh_faces": 0 if mesh is None else len(mesh.faces)}
+
+
 def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     """Train; returns a summary (final step, last losses, samples/s, peak RSS, folders, weights hash)."""
-    from tqdm.auto import tqdm
-
-    from ..data.dataset import MultiViewDataset, collate_multiview
+    from ..data.dataset import collate_multiview
     from ..models.latent_sparse_neus import LatentSparseNeuS
 
     # 1. Processes, folders, data
@@ -382,12 +371,8 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     rank, world = accelerator.process_index, accelerator.num_processes
     check_batch_size(cfg, world)
     device = accelerator.device
-    output_dir = Path(cfg.output_dir)
-    checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
-    if not os.path.isdir(cfg.data_dir):
-        raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
-                         "`diffusers-mv3d render --split objects3d --out DIR`)")
-    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    _, _, log_path = run_paths(cfg)
+    dataset = load_multiview_dataset(cfg)
     resume_from = resolve_resume(cfg)
 
     # 2. Model: fresh, or the weights of the checkpoint
@@ -401,101 +386,29 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     # 3. Optimizer, schedule
     optimizer = torch.optim.AdamW(neus.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999),
                                   weight_decay=cfg.weight_decay)
-    lr_scheduler = build_lr_scheduler(optimizer, cfg)
-    start_step = 0
-    if resume_from is not None:
-        start_step = load_training_checkpoint(resume_from, optimizer, lr_scheduler)
-    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    step_module, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, step_module, optimizer,
+                                                                   resume_from)
     raw = accelerator.unwrap_model(step_module)
-    params = list(raw.parameters())
+    models = {"reconstructor": raw.neus}
 
     end_step = final_step(cfg)
     loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, str(output_dir / "config.yaml"))
+    write_run_config(accelerator, cfg)
 
-    def write_checkpoint(step: int) -> None:
-        if accelerator.is_main_process:
-            save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, {"reconstructor": raw.neus},
-                                     optimizer, lr_scheduler, cfg)
-            save_model_folder(output_dir / "model", raw.neus, cfg, step, log_path)
-            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
-        accelerator.wait_for_everyone()
+    def save_model(folder: Path, step: int) -> None:
+        save_model_folder(folder, raw.neus, cfg, step, log_path)
 
-    def write_samples(step: int) -> None:
-        if accelerator.is_main_process:
-            grid, metrics, mesh = validation_renders(raw.neus, dataset[0], device, cfg.validation_mesh_resolution)
-            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-            save_grid(grid, str(output_dir / "samples" / f"step-{step:06d}.png"), ncol=cfg.num_input_views)
-            if mesh is not None:
-                mesh.export(str(output_dir / "samples" / f"step-{step:06d}.glb"))
-            append_log(log_path, {"step": step, **metrics, "mesh_faces": 0 if mesh is None else len(mesh.faces)})
-        accelerator.wait_for_everyone()
+    def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, object]]:
+        return validation_outputs(raw.neus, dataset[0], cfg, device, step, samples_dir)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
-                    desc="train-reconstructor")
-    started = time.time()
-    window_start, window_steps = time.time(), 0
-    samples_per_s, last, step, process_loss = 0.0, {"loss": float("nan")}, start_step, float("nan")
-    for step, batch in zip(range(start_step, end_step), loader):
-        generator = step_generator(cfg.seed, step, rank)
-        with accelerator.autocast():
-            loss, parts = reconstruction_losses(step_module, batch, cfg, generator, device)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        done = step + 1
-        process_loss = loss.item()
-        last = reduce_mean(accelerator, {"loss": process_loss, **parts})  # logged: the mean over processes
-        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
-            accelerator.set_trigger()
-        out_of_time = accelerator.check_trigger()
-        window_steps += 1
-        if window_steps == 10 or done == end_step or out_of_time:
-            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
-            window_start, window_steps = time.time(), 0
-        lr = lr_scheduler.get_last_lr()[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", objects_s=f"{samples_per_s:.2f}")
-        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step or out_of_time):
-            append_log(log_path, {"step": done, **last, "lr": lr, "grad_norm": float(grad_norm),
-                                  "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
-                                  "minutes": (time.time() - started) / 60})
-
-        wrote = False
-        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
-            write_checkpoint(done)
-            wrote = True
-        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
-            write_samples(done)
-            wrote = True
-        if wrote:
-            window_start, window_steps = time.time(), 0
-        step = done
-        if out_of_time:
-            break
-    progress.close()
-    if cfg.push_to_hub and accelerator.is_main_process and step == cfg.max_train_steps:
-        push_folder_to_hub(output_dir / "model", cfg.hub_model_id, cfg.hub_private, f"TuneMV3D reconstructor, step {step}")
-    # rank 0 hosts the process group's store: no process tears it down while another still uses it
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {
-        "step": step,
-        **last,
-        "samples_per_s": samples_per_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "model": str(output_dir / "model"),
-        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
-        "rank": rank,
-        "process_loss": process_loss,
-        "weights_sha256": weights_sha256(raw.neus),
-    }
+    result = train_loop(
+        cfg, accelerator, "train-reconstructor", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
+        start_step, end_step,
+        compute_losses=lambda batch, generator: reconstruction_losses(step_module, batch, cfg, generator, device),
+        save_model=save_model, validate=validate,
+    )
+    return finish_run(accelerator, cfg, result, models, "TuneMV3D reconstructor")
 
 
 def add_parser(subparsers) -> None:

@@ -43,8 +43,6 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 """
 
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -52,33 +50,30 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .checkpointing import (
-    append_log,
-    check_architecture,
-    latest_checkpoint,
-    load_training_checkpoint,
-    peak_rss_mb,
-    prune_checkpoints,
-    resolve_resume,
-    save_training_checkpoint,
-    weights_sha256,
-    write_atomically,
-)
+from .checkpointing import check_architecture, resolve_resume, write_atomically
 from .common import (
     add_trainer_parser,
-    build_lr_scheduler,
     check_batch_size,
     final_step,
     make_accelerator,
-    reduce_mean,
     run_trainer,
-    save_grid,
     script_main,
-    step_generator,
     step_loader,
 )
-from .config import config_to_dict, flag_name, save_config
-from .model_card import command_line, losses_from_log, push_folder_to_hub, write_model_card
+from .config import config_to_dict, flag_name
+from .loop import (
+    check_common_settings,
+    check_log_and_hub_settings,
+    check_optimisation_settings,
+    finish_run,
+    load_multiview_dataset,
+    prepare_training,
+    run_paths,
+    setting_check,
+    train_loop,
+    write_run_config,
+)
+from .model_card import command_line, losses_from_log, write_model_card
 from .text import encode_prompts
 
 __all__ = [
@@ -224,9 +219,7 @@ class TuneMV3DTrainConfig:
     """Create the Hub repository private."""
 
     def __post_init__(self) -> None:
-        def check(ok: bool, field: str, requirement: str) -> None:
-            if not ok:
-                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
+        check = setting_check(self)
 
         self.geometry_attention_levels = tuple(self.geometry_attention_levels)
         self.conditioning_channels = tuple(self.conditioning_channels)
@@ -242,12 +235,7 @@ class TuneMV3DTrainConfig:
         check(self.batch_size > 0, "batch_size", "must be > 0")
         check(self.learning_rate > 0, "learning_rate", "must be > 0")
         check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
-        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
-        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
-        check(self.seed >= 0, "seed", "must be >= 0")
-        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        check_optimisation_settings(self, check)
         for name in ("diffusion_loss_weight", "reconstruction_loss_weight", "mask_loss_weight"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
@@ -270,18 +258,12 @@ class TuneMV3DTrainConfig:
                      "neus_num_sdf_layers", "neus_num_color_layers", "neus_chunk_size"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(self.neus_num_frequencies >= 0, "neus_num_frequencies", "must be >= 0")
-        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
-        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
-        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
-        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
-        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
-        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check_common_settings(self, check)
         check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
               "validation_timesteps", "must be one or more timesteps >= 0")
         check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
         check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
-        check(self.log_every >= 1, "log_every", "must be >= 1")
-        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+        check_log_and_hub_settings(self, check)
 
     def architecture(self) -> Dict[str, object]:
         """The settings that fix the new weights' shapes (a resumed run must keep them)."""
@@ -761,9 +743,7 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
 
 def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     """Train; returns a summary (final step, last losses, samples/s, peak RSS, folders, weights hash)."""
-    from tqdm.auto import tqdm
-
-    from ..data.dataset import MultiViewDataset, collate_multiview
+    from ..data.dataset import collate_multiview
     from ..models.latent_sparse_neus import LatentSparseNeuS
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
@@ -772,12 +752,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     rank, world = accelerator.process_index, accelerator.num_processes
     check_batch_size(cfg, world)
     device = accelerator.device
-    output_dir = Path(cfg.output_dir)
-    checkpoint_dir, log_path = output_dir / "checkpoints", output_dir / "log.jsonl"
-    if not os.path.isdir(cfg.data_dir):
-        raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
-                         "`diffusers-mv3d render --split objects3d --out DIR`)")
-    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    _, _, log_path = run_paths(cfg)
+    dataset = load_multiview_dataset(cfg)
     foundation = load_foundation(cfg.pretrained_model, device)
     factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
     if cfg.resolution % factor:
@@ -804,100 +780,29 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
          {"params": list(neus.parameters()), "lr": cfg.neus_learning_rate}],
         betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
     )
-    lr_scheduler = build_lr_scheduler(optimizer, cfg)
-    start_step = 0
-    if resume_from is not None:
-        start_step = load_training_checkpoint(resume_from, optimizer, lr_scheduler)
-    # the LR scheduler is stepped by hand once per optimizer step, so accelerate does not wrap it
-    branch, optimizer = accelerator.prepare(branch, optimizer)
+    branch, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, branch, optimizer,
+                                                              resume_from)
     raw = accelerator.unwrap_model(branch)
-    params = list(raw.parameters())
+    models = {"controlnet": raw.controlnet, "neus": raw.neus}
 
     end_step = final_step(cfg)
     loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, str(output_dir / "config.yaml"))
+    write_run_config(accelerator, cfg)
 
-    def write_checkpoint(step: int) -> None:
-        if accelerator.is_main_process:
-            save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step,
-                                     {"controlnet": raw.controlnet, "neus": raw.neus}, optimizer, lr_scheduler, cfg)
-            save_model_folder(output_dir / "model", raw.controlnet, raw.neus, cfg, step, log_path)
-            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
-        accelerator.wait_for_everyone()
+    def save_model(folder: Path, step: int) -> None:
+        save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
 
-    def write_samples(step: int) -> None:
-        if accelerator.is_main_process:
-            grid, metrics = validation_grid(raw, foundation, dataset[0], cfg, device)
-            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-            save_grid(grid, str(output_dir / "samples" / f"step-{step:06d}.png"), ncol=cfg.num_input_views)
-            append_log(log_path, {"step": step, **metrics})
-        accelerator.wait_for_everyone()
+    def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, float]]:
+        return validation_grid(raw, foundation, dataset[0], cfg, device)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
-                    desc="train")
-    started = time.time()
-    window_start, window_steps = time.time(), 0
-    samples_per_s, last, step, process_loss = 0.0, {"loss": float("nan")}, start_step, float("nan")
-    for step, batch in zip(range(start_step, end_step), loader):
-        generator = step_generator(cfg.seed, step, rank)
-        with accelerator.autocast():
-            loss, parts = training_losses(branch, foundation, batch, cfg, generator, device)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        done = step + 1
-        process_loss = loss.item()
-        last = reduce_mean(accelerator, {"loss": process_loss, **parts})  # logged: the mean over processes
-        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
-            accelerator.set_trigger()
-        out_of_time = accelerator.check_trigger()
-        window_steps += 1
-        if window_steps == 10 or done == end_step or out_of_time:
-            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
-            window_start, window_steps = time.time(), 0
-        lr = lr_scheduler.get_last_lr()[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", objects_s=f"{samples_per_s:.2f}")
-        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step or out_of_time):
-            append_log(log_path, {"step": done, **last, "lr": lr, "grad_norm": float(grad_norm),
-                                  "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
-                                  "minutes": (time.time() - started) / 60})
-
-        wrote = False
-        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
-            write_checkpoint(done)
-            wrote = True
-        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
-            write_samples(done)
-            wrote = True
-        if wrote:  # samples/s measures training steps only
-            window_start, window_steps = time.time(), 0
-        step = done
-        if out_of_time:
-            break
-    progress.close()
-    if cfg.push_to_hub and accelerator.is_main_process and step == cfg.max_train_steps:
-        push_folder_to_hub(output_dir / "model", cfg.hub_model_id, cfg.hub_private, f"TuneMV3D branch, step {step}")
-    # rank 0 hosts the process group's store: no process tears it down while another still uses it
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {
-        "step": step,
-        **last,
-        "samples_per_s": samples_per_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "model": str(output_dir / "model"),
-        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
-        "rank": rank,
-        "process_loss": process_loss,
-        "weights_sha256": weights_sha256(raw.controlnet, raw.neus),
-    }
+    result = train_loop(
+        cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
+        start_step, end_step,
+        compute_losses=lambda batch, generator: training_losses(branch, foundation, batch, cfg, generator, device),
+        save_model=save_model, validate=validate,
+    )
+    return finish_run(accelerator, cfg, result, models, "TuneMV3D branch")
 
 
 # ----------------------------------------------------------------------------------------------
