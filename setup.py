@@ -25,12 +25,12 @@ setup(
         "numpy",
         "pillow",
         "scikit-image",
+        "scipy",
         "tqdm",
     ],
     extras_require={
-        "render": ["embreex"],
-        "demo": ["imageio"],
-        "dev": ["pytest", "embreex", "imageio"],
+        "render": ["embreex"],  # embree ray casting: rendering, mesh colouring, turntables (~1000x faster)
+        "dev": ["pytest", "embreex"],
     },
     entry_points={"console_scripts": ["diffusers-mv3d=diffusers_mv3d.cli:main"]},
 )
