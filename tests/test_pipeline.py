@@ -106,7 +106,7 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert not list((tmp_path / "pipe").rglob("*.bin"))
 
 
-def test_to_dtype_and_callback(pipe):
+def test_callback_on_step_end_sees_every_step(pipe):
     seen = []
 
     def callback(p, step, timestep, kwargs):
@@ -115,6 +115,16 @@ def test_to_dtype_and_callback(pipe):
 
     run(pipe, callback_on_step_end=callback)
     assert seen == list(range(STEPS))
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_to_bfloat16_runs_every_component_in_that_dtype(latent):
+    pipe = tiny_pipeline(latent=latent)
+    randomize_branch(pipe)
+    pipe.to(torch.bfloat16)
+    assert pipe.unet.dtype == pipe.controlnet.dtype == pipe.neus.dtype == torch.bfloat16
+    images = run(pipe, num_views=2, output_type="pt").images
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
 
 
 def test_custom_cameras_are_used(pipe):
