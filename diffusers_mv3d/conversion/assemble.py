@@ -1,0 +1,184 @@
+"""Assemble a TuneMV3D pipeline folder from a diffusers text-to-image pipeline and a branch
+(:mod:`diffusers_mv3d.conversion`, ``conversion/assemble_pipeline.py``).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from ..models.multiview_controlnet import MultiViewControlNetModel
+from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
+from .components import (
+    FreshBranchConfig,
+    PathLike,
+    _load_model,
+    check_branch_fits_unet,
+    check_controlnet_fits_unet,
+    fresh_branch,
+    inference_scheduler,
+    load_base,
+    load_branch,
+    load_reconstructor,
+)
+from .model_card import assemble_command, model_card_text
+
+def _rename_tokenizer_class(folder: Path) -> None:
+    """transformers 5 records a plain fast tokenizer as ``TokenizersBackend``, a class transformers 4
+    lacks; ``PreTrainedTokenizerFast`` loads in both (as train-foundation writes it)."""
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    if index.get("tokenizer", [None, None])[1] != "TokenizersBackend":
+        return
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_pipeline_folder(pipe: TuneMV3DPipeline, out: PathLike, card: str, overwrite: bool = False) -> Path:
+    """``save_pretrained`` (safetensors) + README.md into a temporary sibling, then renamed to ``out``:
+    a reader never sees half a folder. An existing non-empty ``out`` needs ``overwrite``."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _rename_tokenizer_class(tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push_folder_to_hub(folder: PathLike, repo_id: str, private: bool = False) -> str:
+    """Upload the written folder (weights + our README.md) as one commit. ``pipe.push_to_hub`` would
+    re-save the pipeline and replace the model card with an empty one, so the folder is uploaded."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             commit_message="Upload TuneMV3DPipeline (conversion/assemble_pipeline.py)")
+    return str(getattr(info, "commit_url", info))
+
+
+def assemble_pipeline(
+    base: PathLike,
+    branch: Optional[PathLike] = None,
+    reconstructor: Optional[PathLike] = None,
+    out: Optional[PathLike] = None,
+    *,
+    controlnet: Optional[PathLike] = None,
+    consistency_ratio: float = 0.5,
+    consistency_scale: float = 7.5,
+    neus_render_resolution: Optional[int] = None,
+    seed: int = 0,
+    variant: Optional[str] = None,
+    push_to_hub: Optional[str] = None,
+    private: bool = False,
+    overwrite: bool = False,
+    command: Optional[str] = None,
+) -> TuneMV3DPipeline:
+    """Build a :class:`TuneMV3DPipeline` from a frozen text-to-image base and a branch; save it.
+
+    Args:
+        base: folder or Hub id of a diffusers SD 1.x / 2.x or IF stage I pipeline, or a
+            ``train-foundation`` folder (``unet/ text_encoder/ tokenizer/ scheduler/``, no ``vae/``).
+        branch: a trained branch folder (``controlnet/``, ``neus/``, optionally ``reconstructor/``;
+            ``diffusers-mv3d train``'s ``OUTPUT_DIR/model``) or Hub id; ``None`` starts a fresh branch
+            (:class:`FreshBranchConfig`, residuals exactly zero).
+        reconstructor: a reconstructor folder (replaces the branch's ``reconstructor/``).
+        out: where the pipeline folder goes (``None``: not saved, unless ``push_to_hub`` needs it).
+        controlnet: a ``MultiViewControlNetModel`` folder (e.g. from :func:`convert_controlnet`) used
+            instead of the branch's; without ``branch`` the NeuS is fresh.
+        consistency_ratio, consistency_scale: K and alpha of consistency guidance (§3.3), saved in
+            the scheduler's config.
+        neus_render_resolution: side of the NeuS render that conditions the branch (0 = the
+            diffusion-space resolution); ``None`` keeps the branch's (16 for a fresh one).
+        seed: seeds a fresh branch (the trainer's ``--seed``).
+        variant: weights variant of the base (``"fp16"``) to download.
+        push_to_hub: a Hub repository id: the saved folder is uploaded to it.
+        private: create that repository private.
+        overwrite: replace an existing non-empty ``out``.
+        command: the command line recorded in the model card (default: the equivalent
+            ``assemble_pipeline.py`` command, :func:`assemble_command`).
+
+    Returns:
+        The assembled pipeline (components in eval mode, on the CPU).
+    """
+    base = str(base)
+    branch = None if branch is None else str(branch)
+    controlnet_path = None if controlnet is None else str(controlnet)
+    reconstructor = None if reconstructor is None else str(reconstructor)
+    if neus_render_resolution is not None and neus_render_resolution < 0:
+        raise ValueError(f"--neus-render-resolution must be >= 0 (0 = full resolution), got {neus_render_resolution}")
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not overwrite:
+        raise ValueError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it")
+
+    # 1. the frozen base
+    parts = load_base(base, variant=variant)
+    latent = parts.vae is not None
+
+    # 2. the branch: trained, converted or fresh
+    reconstructor_model = None
+    fresh_cfg = FreshBranchConfig(seed=seed)
+    if branch is not None:
+        controlnet_model, neus, reconstructor_model = load_branch(branch)
+        check_branch_fits_unet(controlnet_model, neus, parts.unet, "--branch", branch, base)
+    else:
+        controlnet_model, neus = fresh_branch(parts.unet, latent, fresh_cfg)
+    if controlnet_path is not None:
+        controlnet_model = _load_model(MultiViewControlNetModel, controlnet_path, None, "--controlnet",
+                                       "a MultiViewControlNetModel").eval()
+        check_controlnet_fits_unet(dict(controlnet_model.encoder.config), parts.unet, "--controlnet", controlnet_path,
+                                   "--base", base)
+    if reconstructor is not None:
+        reconstructor_model = load_reconstructor(reconstructor)
+    if neus_render_resolution is not None:
+        neus.register_to_config(render_resolution=int(neus_render_resolution) or None)
+
+    # 3. the inference scheduler: DDIM from the base's schedule, inside consistency guidance
+    scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale)
+
+    # 4. the pipeline
+    pipe = TuneMV3DPipeline(
+        unet=parts.unet, controlnet=controlnet_model, neus=neus, scheduler=scheduler,
+        text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, vae=parts.vae, reconstructor=reconstructor_model,
+    )
+
+    # 5. the folder, its model card, the Hub
+    if out is not None or push_to_hub:
+        command = command or assemble_command(
+            base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
+            consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite,
+        )
+        card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
+                               reconstructor=reconstructor, base_scheduler_class=parts.scheduler_class,
+                               load_from=push_to_hub or (str(out) if out is not None else "DIR"))
+        if out is not None:
+            folder = save_pipeline_folder(pipe, out, card, overwrite=overwrite)
+            if push_to_hub:
+                push_folder_to_hub(folder, push_to_hub, private=private)
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = save_pipeline_folder(pipe, Path(tmp) / "pipeline", card)
+                push_folder_to_hub(folder, push_to_hub, private=private)
+    return pipe

@@ -1,0 +1,126 @@
+"""The command that assembles a pipeline folder, and the folder's README.md model card
+(:mod:`diffusers_mv3d.conversion`).
+"""
+
+import shlex
+from typing import Optional
+
+from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
+from .components import _is_hub_id
+
+ASSEMBLE_SCRIPT = "python conversion/assemble_pipeline.py"
+
+
+def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None, controlnet: Optional[str] = None,
+                     reconstructor: Optional[str] = None, consistency_ratio: float = 0.5,
+                     consistency_scale: float = 7.5, neus_render_resolution: Optional[int] = None,
+                     seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
+                     private: bool = False, overwrite: bool = False, program: str = ASSEMBLE_SCRIPT) -> str:
+    """The ``assemble_pipeline.py`` command line that makes the same folder."""
+    words = shlex.split(program) + ["--base", str(base)]
+    for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor)):
+        if value is not None:
+            words += [flag, str(value)]
+    if out is not None:
+        words += ["--out", str(out)]
+    words += ["--consistency-ratio", repr(float(consistency_ratio)), "--consistency-scale", repr(float(consistency_scale))]
+    if neus_render_resolution is not None:
+        words += ["--neus-render-resolution", str(int(neus_render_resolution))]
+    if seed != 0:
+        words += ["--seed", str(seed)]
+    if variant:
+        words += ["--variant", variant]
+    if push_to_hub:
+        words += ["--push-to-hub", push_to_hub]
+    if private:
+        words.append("--private")
+    if overwrite:
+        words.append("--overwrite")
+    return shlex.join(words)
+
+
+def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Optional[str] = None,
+                    controlnet: Optional[str] = None, reconstructor: Optional[str] = None,
+                    base_scheduler_class: str = "unknown", load_from: str = "DIR") -> str:
+    """README.md of an assembled pipeline folder: YAML front matter (a Hub model card), what each
+    component is and where it came from, what was trained and what is frozen, how to load it, and
+    the command that made it."""
+    fresh = branch is None and controlnet is None
+    latent = pipe.vae is not None
+    unet = pipe.unet.config
+    space = (f"latent space ({unet.in_channels} x {unet.sample_size} x {unet.sample_size} latents, "
+             f"{pipe.image_size} x {pipe.image_size} images)") if latent else \
+        f"pixel space ({unet.in_channels} x {unet.sample_size} x {unet.sample_size})"
+    scheduler = pipe.scheduler.config
+    front = ["---", "library_name: diffusers", "pipeline_tag: text-to-3d", "tags:",
+             "- diffusers", "- diffusers-mv3d", "- tunemv3d", "- multiview", "- text-to-3d"]
+    if _is_hub_id(base):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    branch_source = "a fresh branch started from the base UNet (untrained)" if fresh else \
+        f"`{controlnet}`" if controlnet is not None and branch is None else f"`{branch}`"
+    rows = [
+        ("unet", type(pipe.unet).__name__, "frozen", f"the base, `{base}`"),
+        ("text_encoder", type(pipe.text_encoder).__name__, "frozen", f"the base, `{base}`"),
+        ("tokenizer", type(pipe.tokenizer).__name__, "-", f"the base, `{base}`"),
+    ]
+    if latent:
+        rows.append(("vae", type(pipe.vae).__name__, "frozen", f"the base, `{base}`"))
+    controlnet_status = "fresh: adds exactly zero" if fresh else "trained" if controlnet is None else "given (--controlnet)"
+    rows.append(("controlnet", "MultiViewControlNetModel (diffusers_mv3d)", controlnet_status,
+                 f"`{controlnet}`" if controlnet is not None else branch_source))
+    neus_source = branch_source if branch is not None else "new (untrained)"
+    rows.append(("neus", "LatentSparseNeuS (diffusers_mv3d)", "trained" if branch is not None else "fresh", neus_source))
+    if pipe.reconstructor is not None:
+        rows.append(("reconstructor", "LatentSparseNeuS (diffusers_mv3d)", "trained",
+                     f"`{reconstructor}`" if reconstructor is not None else branch_source))
+    rows.append(("scheduler", "ConsistencyGuidanceScheduler (diffusers_mv3d)", "-",
+                 f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}, "
+                 f"alpha = {scheduler.consistency_scale}"))
+    lines = front + [
+        "",
+        "# TuneMV3D multi-view pipeline",
+        "",
+        f"A `TuneMV3DPipeline` (diffusers-mv3d; TuneMV3D: a frozen text-to-image UNet tuned by a "
+        f"ControlNet-style multi-view branch and a latent SparseNeuS) built on `{base}`, "
+        f"denoising in {space}. It generates consistent views of one object from a caption "
+        "(text-to-multiview), from one image (image-to-multiview) or from some views (multiview-to-multiview), "
+        "and a vertex-coloured mesh with `return_mesh=True`.",
+        "",
+    ]
+    if fresh:
+        lines += ["**The branch is fresh (untrained).** Its residuals are exactly zero, so this pipeline samples "
+                  "as the frozen base model does, each view on its own. Train the branch with "
+                  "`diffusers-mv3d train --pretrained-model <the base>` and assemble again with `--branch`.", ""]
+    lines += ["## Components", "", "| component | class | training | from |", "|---|---|---|---|"]
+    lines += [f"| `{name}` | {cls} | {status} | {source} |" for name, cls, status, source in rows]
+    lines += [
+        "",
+        "Frozen, unchanged: the base model's UNet, text encoder" + (" and VAE" if latent else "") + ". "
+        + ("To be trained" if fresh else "Trained") + " by TuneMV3D: `controlnet` (a copy of the UNet encoder with "
+        "the NeuS condition, geometry-aware attention and zero convolutions) and `neus`"
+        + (", and `reconstructor` (on clean views)" if pipe.reconstructor is not None else "") + ".",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers_mv3d import TuneMV3DPipeline  # pip install diffusers-mv3d",
+        "",
+        f'pipe = TuneMV3DPipeline.from_pretrained("{load_from}")  # on a GPU: dtype=torch.bfloat16, then .to("cuda")',
+        'out = pipe("a red chair with armrests", num_views=8, num_inference_steps=50, guidance_scale=7.5,',
+        f"           consistency_ratio={scheduler.consistency_ratio}, consistency_scale={scheduler.consistency_scale},",
+        "           generator=torch.manual_seed(0), return_mesh=True)",
+        'out.images[0].save("view0.png"); out.mesh.export("object.glb")',
+        "```",
+        "",
+        "Without importing the package first: `DiffusionPipeline.from_pretrained(path, "
+        "custom_pipeline=diffusers_mv3d.pipelines.CUSTOM_PIPELINE, trust_remote_code=True)`.",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        command,
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
