@@ -7,7 +7,6 @@ the tests draw themselves, so they do not depend on the renderer.
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

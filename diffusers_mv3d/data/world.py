@@ -432,7 +432,7 @@ def _bed(rng, colour):
     pillows = 1 if size == "single" else 2
     parts += [box((0.3, 0.5 if size == "single" else 0.55, 0.1), (-length / 2 + 0.25, y, 0.55), sheet)
               for y in ([0.0] if pillows == 1 else [-0.35, 0.35])]
-    features = [f"a {headboard} {frame} headboard"] + (["a footboard"] if footboard else []) + ([f"two pillows"] if pillows == 2 else ["a pillow"])
+    features = [f"a {headboard} {frame} headboard"] + (["a footboard"] if footboard else []) + (["two pillows"] if pillows == 2 else ["a pillow"])
     attributes = dict(size=size, headboard=headboard, footboard=footboard, frame_colour=frame)
     return parts, attributes, _describe(rng, "bed", colour, size, features)
 

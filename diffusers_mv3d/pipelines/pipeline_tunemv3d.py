@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor

@@ -31,7 +31,6 @@ returns a single chunk and the unpacking into ``(noise, variance)`` fails. Sampl
 epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`sample_ddim` does.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -66,7 +65,7 @@ from .common import (
     step_loader,
 )
 from .config import config_to_dict, flag_name, resolve_or_exit, save_config
-from .text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
+from .text import build_text_encoder, encode_prompts, train_word_tokenizer
 
 __all__ = [
     "FoundationTrainConfig",

@@ -45,7 +45,7 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
