@@ -1,5 +1,5 @@
 """The ``diffusers-mv3d`` command line: generate, render, train-foundation, train,
-train-reconstructor, evaluate, demo.
+train-reconstructor, train-baseline, evaluate, demo.
 
 Each sub-command lives beside the code it drives and registers itself with an
 ``add_parser(subparsers)`` function that sets ``func`` (called with the parsed namespace).
@@ -12,7 +12,7 @@ from typing import List, Optional
 from . import generate
 from .data import render_dataset
 from .evaluation import evaluate
-from .training import train_foundation, train_reconstructor, train_tunemv3d
+from .training import train_baseline, train_foundation, train_reconstructor, train_tunemv3d
 
 
 def _not_yet(subparsers, name: str) -> None:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_foundation.add_parser(sub)
     train_tunemv3d.add_parser(sub)
     train_reconstructor.add_parser(sub)
+    train_baseline.add_parser(sub)
     evaluate.add_parser(sub)
     _not_yet(sub, "demo")
     return parser

@@ -23,6 +23,11 @@ Variants (one flag value each, all on the same prompts, seeds and initial noise)
 ``alpha3/15``          consistency scale alpha = 3, 15 (K from the model)
 ``no-attention``       the branch without GeometryAwareAttention (:func:`without_geometry_attention`)
 ``no-neus``            the branch without the NeuS condition and samples, K = 0 (:func:`without_neus`)
+``finetune``           baseline: the foundation's UNet fully fine-tuned on the multi-view data (the
+                       folder ``--finetune-model``; ``diffusers-mv3d train-baseline --kind finetune``)
+``mvdream``            baseline: MVDream-style, self-attention over the views + camera embedding
+                       (``--mvdream-model``; ``train-baseline --kind mvdream``); both sample with the
+                       same DDIM schedule, CFG, initial noise and default cameras; not run by default
 ``ground-truth``       renders of held-out ``eval3d`` objects of the prompts' attributes
                        (:func:`ground_truth_object`) at the same cameras: the metrics' ceiling
 ``negative-control``   views alternating between two different ground-truth objects: must score low
@@ -37,6 +42,9 @@ The prompt set is ``benchmarks/prompts.py`` (``PROMPTS``, ``SEEDS``) unless ``--
 another ``.py`` or a ``.json`` list of ``{"text", "category", "colour"}``.
 
     diffusers-mv3d evaluate --model pipelines/tunemv3d-tiny --out outputs/eval
+    diffusers-mv3d evaluate --model pipelines/tunemv3d-tiny --out outputs/baselines \\
+        --variants foundation tunemv3d finetune mvdream ground-truth \\
+        --finetune-model runs/baseline-finetune-tiny/model --mvdream-model runs/baseline-mvdream-tiny/model
     diffusers-mv3d evaluate --model runs/foundation-tiny/pipeline --out /tmp/smoke --steps 5 --seeds 0 \\
         --variants foundation tunemv3d ground-truth negative-control      # a foundation folder: fresh branch
     python benchmarks/bench_quality.py --model pipelines/tunemv3d-tiny --out docs/results_quality.md
@@ -72,8 +80,10 @@ from .consistency import _torch_threads
 from .metrics import _image_psnr_ssim, chamfer_l1, score_views, volume_iou, voxelize_mesh
 from .report import machine_description, markdown_report, write_results
 from .settings import (
+    BASELINE_VARIANTS,
     DEFAULT_CLASSIFIER,
     DEFAULT_PROMPTS,
+    DEFAULT_VARIANTS,
     REFERENCE_VARIANTS,
     REPO_ROOT,
     VARIANTS,
@@ -84,6 +94,7 @@ from .settings import (
 from .variants import (
     generate_views,
     ground_truth_object,
+    load_baselines,
     load_pipeline,
     render_object,
     sample_foundation,
@@ -93,8 +104,10 @@ from .variants import (
 )
 
 __all__ = [
+    "BASELINE_VARIANTS",
     "DEFAULT_CLASSIFIER",
     "DEFAULT_PROMPTS",
+    "DEFAULT_VARIANTS",
     "EvalPrompt",
     "EvaluationConfig",
     "REFERENCE_VARIANTS",
@@ -184,12 +197,15 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
         foundation_pipe, _ = load_pipeline(cfg.foundation, cfg.device, flag="--foundation")
         if foundation_pipe.image_size != pipe.image_size:
             raise ValueError(f"--foundation makes {foundation_pipe.image_size}-px views but --model {pipe.image_size}-px")
+    baselines = load_baselines(cfg, pipe.image_size)
     classifier, classifier_note = _load_classifier(cfg)
     cameras = default_cameras(cfg.views, pipe.image_size)
     objects: List[Dict[str, Any]] = []
 
     if any(v not in REFERENCE_VARIANTS for v in cfg.variants):  # warm-up: first-call costs stay out of the timings
         pipe(prompts[0].text, num_views=cfg.views, num_inference_steps=1, output_type="pt", guidance_scale=cfg.guidance_scale)
+    for variant in baselines:
+        generate_views(pipe, variant, prompts[0].text, cfg.views, 1, cfg.guidance_scale, 0, baselines=baselines)
 
     renders: Dict[Tuple[int, int], torch.Tensor] = {}
 
@@ -212,7 +228,7 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
                     images[1::2] = partner[1::2]
                 else:
                     images = generate_views(pipe, variant, prompt.text, cfg.views, cfg.steps, cfg.guidance_scale, seed,
-                                            foundation_pipe)
+                                            foundation_pipe, baselines)
                 seconds = time.perf_counter() - start
                 record = {"variant": variant, "prompt_index": p, "prompt": prompt.text, "category": prompt.category,
                           "colour": prompt.colour, "in_split": prompt.in_split, "seed": seed,

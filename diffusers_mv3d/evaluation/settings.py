@@ -26,10 +26,16 @@ VARIANTS: Dict[str, str] = {
     "alpha15": "consistency scale alpha = 15",
     "no-attention": "branch without GeometryAwareAttention",
     "no-neus": "branch without the NeuS condition and samples, K = 0",
+    "finetune": "baseline: the foundation's UNet fully fine-tuned on the multi-view data, views independent (--finetune-model)",
+    "mvdream": "baseline: MVDream-style fine-tune, self-attention over the views + camera embedding (--mvdream-model)",
     "ground-truth": "renders of held-out eval3d objects with the prompts' attributes",
     "negative-control": "views alternating between two different ground-truth objects",
 }
 REFERENCE_VARIANTS = ("ground-truth", "negative-control")
+BASELINE_VARIANTS: Dict[str, str] = {"finetune": "finetune_model", "mvdream": "mvdream_model"}
+"""The trained baselines (``diffusers-mv3d train-baseline``) and the setting naming each one's model folder."""
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in BASELINE_VARIANTS)
+"""What runs unless ``--variants`` says otherwise: every variant but the baselines, which need their folders."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,14 +117,18 @@ class EvaluationConfig:
     """TuneMV3D pipeline folder or Hub id; a text-to-image folder without controlnet/ gets a fresh branch (smoke runs)."""
     foundation: Optional[str] = None
     """Text-to-image folder whose UNet samples the foundation variant (default: the model's own frozen UNet)."""
+    finetune_model: Optional[str] = None
+    """Model folder of `diffusers-mv3d train-baseline --kind finetune` (e.g. runs/baseline-finetune-tiny/model): the finetune variant."""
+    mvdream_model: Optional[str] = None
+    """Model folder of `diffusers-mv3d train-baseline --kind mvdream` (e.g. runs/baseline-mvdream-tiny/model): the mvdream variant."""
     classifier: Optional[str] = None
     """AttributeClassifier folder for fidelity (default: the package's evaluation/attribute_classifier/)."""
     fidelity: bool = True
     """Score fidelity (skipped with a warning when the classifier is missing)."""
     prompts: Optional[str] = None
     """Prompt-set file, .py (PROMPTS, SEEDS) or .json (default: benchmarks/prompts.py)."""
-    variants: Tuple[str, ...] = tuple(VARIANTS)
-    """Variants to run: foundation tunemv3d k0 k0.25 k0.5 k1 alpha3 alpha15 no-attention no-neus ground-truth negative-control."""
+    variants: Tuple[str, ...] = DEFAULT_VARIANTS
+    """Variants to run: foundation tunemv3d k0 k0.25 k0.5 k1 alpha3 alpha15 no-attention no-neus ground-truth negative-control, and the baselines finetune and mvdream (with --finetune-model / --mvdream-model)."""
     views: int = 8
     """Views an object (default orbit: elevation 20, azimuth every 360/views degrees)."""
     steps: int = 50
@@ -158,6 +168,10 @@ class EvaluationConfig:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ValueError(f"--variants must name some of {list(VARIANTS)}, got {list(self.variants)}")
+        for variant, field in BASELINE_VARIANTS.items():
+            if variant in self.variants and not getattr(self, field):
+                raise ValueError(f"--variants {variant} needs --{field.replace('_', '-')} DIR (the model/ folder of "
+                                 f"`diffusers-mv3d train-baseline --kind {variant}`)")
         if self.views < 2:
             raise ValueError(f"--views must be >= 2 (the reconstruction PSNR holds some out), got {self.views}")
         if self.steps < 1:

@@ -1,11 +1,12 @@
 """What ``diffusers-mv3d evaluate`` scores (:mod:`.evaluate`): the pipeline and its variants, the frozen
-foundation alone, and the reference renders of held-out ``eval3d`` objects.
+foundation alone, the trained baselines (``train-baseline``), and the reference renders of held-out
+``eval3d`` objects.
 """
 
 import contextlib
 import os
 import warnings
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from ..cameras import Cameras
 from ..data.splits import split_entry
 from ..data.world import ProceduralObject, generate_object
-from .settings import REFERENCE_VARIANTS, EvalPrompt
+from .settings import BASELINE_VARIANTS, REFERENCE_VARIANTS, EvalPrompt
 
 _RATIOS = {"k0": 0.0, "k0.25": 0.25, "k0.5": 0.5, "k1": 1.0}
 _SCALES = {"alpha3": 3.0, "alpha15": 15.0}
@@ -114,7 +115,7 @@ def variant_call_arguments(variant: str) -> Dict[str, Any]:
 
 def variant_settings(pipe, variant: str) -> str:
     """``K ..., alpha ...`` as a variant samples (``-`` for the foundation and the references)."""
-    if variant == "foundation" or variant in REFERENCE_VARIANTS:
+    if variant == "foundation" or variant in BASELINE_VARIANTS or variant in REFERENCE_VARIANTS:
         return "-"
     config = pipe.scheduler.config
     arguments = variant_call_arguments(variant)
@@ -159,12 +160,39 @@ def sample_foundation(
     return ((pipe.decode_views(x).float().clamp(-1, 1) + 1) / 2).cpu()
 
 
+def load_baselines(cfg, image_size: int) -> Dict[str, Any]:
+    """The baselines ``cfg.variants`` asks for, by variant: ``--finetune-model`` / ``--mvdream-model`` loaded
+    with :func:`~diffusers_mv3d.training.train_baseline.load_baseline` on ``cfg.device``; each must
+    make ``image_size``-px views."""
+    from ..training.train_baseline import load_baseline
+
+    baselines = {}
+    for variant, field in BASELINE_VARIANTS.items():
+        if variant in cfg.variants:
+            flag = "--" + field.replace("_", "-")
+            parts = load_baseline(getattr(cfg, field), _resolve_device(cfg.device), kind=variant, flag=flag)
+            size = parts.unet.config.sample_size * parts.vae_scale_factor
+            if size != image_size:
+                raise ValueError(f"{flag} makes {size}-px views but --model {image_size}-px")
+            baselines[variant] = parts
+    return baselines
+
+
 def generate_views(pipe, variant: str, prompt: str, num_views: int, steps: int, guidance_scale: float, seed: int,
-                   foundation_pipe=None) -> torch.Tensor:
-    """One object of a generated variant -> ``[V, 3, H, W]`` in ``[0, 1]`` on the CPU."""
+                   foundation_pipe=None, baselines: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    """One object of a generated variant -> ``[V, 3, H, W]`` in ``[0, 1]`` on the CPU.
+
+    The baselines (``baselines`` from :func:`load_baselines`) sample with
+    :func:`~diffusers_mv3d.training.train_baseline.sample_views`: the pipeline's initial noise for the
+    seed, DDIM from the same schedule, the default cameras.
+    """
     generator = torch.Generator().manual_seed(seed)
     if variant == "foundation":
         return sample_foundation(foundation_pipe or pipe, prompt, num_views, steps, guidance_scale, generator)
+    if variant in BASELINE_VARIANTS:
+        from ..training.train_baseline import sample_views
+
+        return sample_views(baselines[variant], prompt, num_views, None, steps, guidance_scale, generator)
     with _variant_context(pipe, variant):
         out = pipe(prompt, num_views=num_views, num_inference_steps=steps, guidance_scale=guidance_scale,
                    generator=generator, output_type="pt", **variant_call_arguments(variant))

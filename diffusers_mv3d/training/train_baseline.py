@@ -1,0 +1,563 @@
+"""Train the two baselines TuneMV3D is measured against (DESIGN.md §6), on the same multi-view data.
+
+Both start from the foundation (a diffusers text-to-image folder, as ``diffusers-mv3d train`` takes)
+and train *every* UNet weight on the 8 input views of each ``objects3d`` object with its caption;
+the text encoder (and VAE) stay frozen.
+
+``--kind finetune``
+    A fully fine-tuned UNet. The views are independent images: each gets its own t and noise. It
+    answers: does creativity (prompts outside the 3D splits) survive full fine-tuning?
+``--kind mvdream``
+    MVDream (Shi et al., "MVDream: Multi-view Diffusion for 3D Generation", 2023): the same fine-tune,
+    but the self-attention of every transformer block attends over all views of an object at once
+    and a camera MLP of the flattened camera-to-world matrix is added to the timestep embedding
+    (:mod:`diffusers_mv3d.models.multiview_self_attention`; at initialisation the UNet equals the
+    foundation). As in MVDream, the views of an object share one t.
+
+One step: clean views (VAE latents x scaling_factor for a latent foundation) noised with the
+foundation's DDPM schedule, ``--caption-dropout`` of the captions empty (classifier-free guidance),
+loss = MSE of the UNet's prediction (epsilon, v or x0, as the foundation's scheduler predicts; an
+IF-style learned variance is dropped) against its target.
+
+Launch (the data comes from ``diffusers-mv3d render``, the foundation from ``train-foundation``)::
+
+    diffusers-mv3d train-baseline --config configs/baseline-finetune-tiny.yaml --resume latest
+    diffusers-mv3d train-baseline --config configs/baseline-mvdream-tiny.yaml --resume latest
+    # in sessions: stop with a checkpoint after 50 minutes; the same command continues exactly
+    diffusers-mv3d train-baseline --config configs/baseline-mvdream-tiny.yaml --resume latest --max-minutes 50
+    diffusers-mv3d train-baseline --config configs/baseline-mvdream-tiny.yaml --dry-run
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \\
+        -m diffusers_mv3d.cli train-baseline --config configs/baseline-finetune-tiny.yaml
+
+Outputs under ``--output-dir``: ``model/`` (a pipeline folder: the trained ``unet/``, the
+foundation's other components and ``model_index.json`` copied, ``baseline.json`` with the kind and
+the training views, a README.md model card; rewritten at every checkpoint; :func:`load_baseline`
+and :func:`sample_views` load and sample it, ``diffusers-mv3d evaluate --finetune-model /
+--mvdream-model`` score it), ``checkpoints/checkpoint-NNNNNN/`` (safetensors + JSON),
+``samples/step-NNNNNN.png`` (validation grids), ``log.jsonl`` and ``config.yaml``.
+"""
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..models.multiview_self_attention import (
+    camera_conditioned_unet,
+    camera_embedding,
+    has_multiview_self_attention,
+    set_multiview_self_attention,
+)
+from ..models.views import fold_views, unfold_views
+from .checkpointing import check_architecture, resolve_resume, write_atomically
+from .common import (
+    add_trainer_parser,
+    check_batch_size,
+    final_step,
+    make_accelerator,
+    run_trainer,
+    script_main,
+    step_loader,
+)
+from .config import config_to_dict, flag_name
+from .loop import (
+    check_common_settings,
+    check_log_and_hub_settings,
+    check_optimisation_settings,
+    finish_run,
+    load_multiview_dataset,
+    prepare_training,
+    run_paths,
+    setting_check,
+    train_loop,
+    write_run_config,
+)
+from .model_card import command_line, losses_from_log, write_model_card
+from .train_tunemv3d import Foundation, load_foundation
+
+__all__ = [
+    "BASELINE_FILE",
+    "KINDS",
+    "BaselineTrainConfig",
+    "add_parser",
+    "baseline_losses",
+    "baseline_prediction",
+    "build_unet",
+    "load_baseline",
+    "main",
+    "sample_views",
+]
+
+KINDS = ("finetune", "mvdream")
+BASELINE_FILE = "baseline.json"
+"""In a baseline's ``model/`` folder: ``{"kind", "num_views", "base_model"}``."""
+LOSS_KEYS = ("loss",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaselineTrainConfig:
+    """Every setting of ``diffusers-mv3d train-baseline`` (flags are the field names with dashes)."""
+
+    kind: str = "finetune"
+    """finetune (all UNet weights, views independent) or mvdream (the same + self-attention over all views of an object + camera embedding)."""
+
+    # foundation, data and outputs
+    pretrained_model: str = "runs/foundation-tiny/pipeline"
+    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
+    data_dir: str = "data/objects3d"
+    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+    output_dir: str = "runs/baseline-finetune-tiny"
+    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    resolution: int = 32
+    """Views are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
+    num_input_views: int = 8
+    """Views an object a step (the fixed input views of the data); mvdream attends over all of them at once."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    # optimisation
+    max_train_steps: int = 20000
+    """Optimizer steps of the whole run (the schedule spans these)."""
+    batch_size: int = 2
+    """Global batch in objects an optimizer step (num_input_views images each), split evenly across processes."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the UNet."""
+    lr_scheduler: str = "constant"
+    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
+    lr_warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    seed: int = 0
+    """Seeds the camera MLP (mvdream) and, with the step number, each step's batch order, caption dropout, timesteps and noise."""
+    mixed_precision: str = "no"
+    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
+    caption_dropout: float = 0.1
+    """Fraction of objects whose caption is replaced by "" (classifier-free guidance)."""
+
+    # checkpoints, validation, stopping, Hub
+    checkpointing_steps: int = 250
+    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
+    checkpoints_total_limit: int = 3
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: Optional[str] = None
+    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
+    stop_at_step: int = 0
+    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
+    max_minutes: float = 0.0
+    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
+    validation_steps: int = 500
+    """Save a view grid of a validation object every this many steps and at the end (0 = never)."""
+    validation_timesteps: Tuple[int, ...] = (250, 750)
+    """Noise levels of the validation grid: per t, rows of noisy views and the one-step x0 prediction."""
+    validation_inference_steps: int = 10
+    """DDIM steps of the grid's second row, views sampled from the validation caption (0 = no such row)."""
+    validation_guidance_scale: float = 3.0
+    """Classifier-free guidance scale of the sampled row."""
+    log_every: int = 10
+    """Append the loss, lr, samples/s and peak RSS to log.jsonl every this many steps."""
+    push_to_hub: bool = False
+    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
+    hub_model_id: Optional[str] = None
+    """Hub repository (owner/name) of --push-to-hub."""
+    hub_private: bool = False
+    """Create the Hub repository private."""
+
+    def __post_init__(self) -> None:
+        check = setting_check(self)
+
+        self.validation_timesteps = tuple(self.validation_timesteps)
+        check(self.kind in KINDS, "kind", "must be finetune or mvdream")
+        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
+        check(bool(self.data_dir), "data_dir", "must name a folder")
+        check(bool(self.output_dir), "output_dir", "must name a folder")
+        check(self.resolution > 0, "resolution", "must be > 0")
+        check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
+              "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check_optimisation_settings(self, check)
+        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
+        check_common_settings(self, check)
+        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
+              "validation_timesteps", "must be one or more timesteps >= 0")
+        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
+        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
+        check_log_and_hub_settings(self, check)
+
+    @property
+    def num_supervision_views(self) -> int:
+        """The baselines train on the input views only (read by :func:`load_multiview_dataset`)."""
+        return 0
+
+    def architecture(self) -> Dict[str, object]:
+        """The settings that fix the weights' shapes (a resumed run must keep them)."""
+        return {name: config_to_dict(self)[name] for name in ("kind", "pretrained_model")}
+
+
+# ----------------------------------------------------------------------------------------------
+# The trained UNet and its prediction
+# ----------------------------------------------------------------------------------------------
+
+
+def build_unet(foundation_unet, cfg: BaselineTrainConfig):
+    """The UNet a fresh run trains: the foundation's itself (finetune), or its camera-conditioned copy
+    with self-attention over ``--num-input-views`` views (mvdream; the camera MLP seeded by ``--seed``)."""
+    if cfg.kind == "finetune":
+        return foundation_unet
+    torch.manual_seed(cfg.seed)
+    unet = camera_conditioned_unet(foundation_unet)
+    set_multiview_self_attention(unet, cfg.num_input_views)
+    return unet
+
+
+def baseline_prediction(unet, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                        cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The UNet on folded views: ``noisy_views [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``,
+    ``cameras`` ``[B, V, 16]`` camera embeddings (mvdream) or None -> ``[B, V, C, h, w]`` (a learned
+    variance dropped). ``unet`` may be DDP-wrapped."""
+    views, channels = noisy_views.shape[1:3]
+    out = unet(
+        fold_views(noisy_views),  # (B V) C h w
+        fold_views(timesteps),
+        encoder_hidden_states=text.repeat_interleave(views, dim=0),
+        class_labels=None if cameras is None else fold_views(cameras),  # (B V) 16
+    ).sample[:, :channels]
+    return unfold_views(out, views)
+
+
+def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts (folded ``[N, C, h, w]``, ``t [N]``): epsilon, v or x0."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return x0
+
+
+def _predicted_x0(scheduler, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0 from one prediction (folded ``[N, C, h, w]``, ``t [N]``)."""
+    abar = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
+    if scheduler.config.prediction_type == "epsilon":
+        return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
+    if scheduler.config.prediction_type == "v_prediction":
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
+    return prediction
+
+
+def step_draws(generator: torch.Generator, batch: int, views: int, channels: int, size: int, num_timesteps: int,
+               cfg: BaselineTrainConfig) -> Dict[str, torch.Tensor]:
+    """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them).
+
+    ``timesteps`` is ``[B, V]``: one t a view (finetune) or one an object, shared by its views (mvdream).
+    """
+    drop_caption = torch.rand(batch, generator=generator) < cfg.caption_dropout
+    if cfg.kind == "mvdream":
+        timesteps = torch.randint(0, num_timesteps, (batch, 1), generator=generator).expand(batch, views)
+    else:
+        timesteps = torch.randint(0, num_timesteps, (batch, views), generator=generator)
+    return {
+        "drop_caption": drop_caption,
+        "timesteps": timesteps,
+        "noise": torch.randn((batch, views, channels, size, size), generator=generator),
+        "global_seed": torch.randint(0, 2**62, (1,), generator=generator),
+    }
+
+
+def baseline_losses(unet, parts: Foundation, batch: Dict, cfg: BaselineTrainConfig, generator: torch.Generator,
+                    device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """The diffusion loss of one :func:`collate_multiview` batch (``unet`` is the trained, possibly
+    DDP-wrapped UNet; ``parts`` gives the frozen text encoder, VAE and noise schedule)."""
+    images = batch["images"].to(device)  # B V 3 H W in [-1, 1]
+    b, v = images.shape[:2]
+    scheduler = parts.noise_scheduler
+    draws = step_draws(generator, b, v, parts.channels, parts.space_resolution(images.shape[-1]),
+                       scheduler.config.num_train_timesteps, cfg)
+
+    # 1. forward diffusion in the diffusion space (VAE latents for a latent model)
+    x0 = parts.to_space(images, torch.Generator().manual_seed(int(draws["global_seed"]) % 2**31))  # B V C h w
+    t, noise = draws["timesteps"].to(device), draws["noise"].to(device)
+    x_t = unfold_views(scheduler.add_noise(fold_views(x0), fold_views(noise), fold_views(t)), v)
+    captions = ["" if drop else caption for drop, caption in zip(draws["drop_caption"].tolist(), batch["caption"])]
+    text = parts.encode_text(captions).to(device)
+    cameras = camera_embedding(batch["cameras"].to(device)) if cfg.kind == "mvdream" else None  # B V 16
+
+    # 2. the trained UNet against its target
+    prediction = baseline_prediction(unet, x_t, t, text, cameras)
+    target = unfold_views(_target(scheduler, fold_views(x0), fold_views(noise), fold_views(t)), v)
+    loss = F.mse_loss(prediction.float(), target.float())
+    return loss, {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and sampling a baseline folder
+# ----------------------------------------------------------------------------------------------
+
+
+def load_baseline(folder: str, device: torch.device = torch.device("cpu"), kind: Optional[str] = None,
+                  flag: str = "--model") -> Foundation:
+    """A ``train-baseline`` model folder as a :class:`Foundation` (every part frozen, in eval mode),
+    with the self-attention over views installed for an mvdream UNet.
+
+    ``kind`` (finetune / mvdream), when given, must be the folder's; errors name ``flag``.
+    """
+    info_path = Path(folder) / BASELINE_FILE
+    if not info_path.is_file():
+        raise ValueError(f"{flag} {folder!r} is not a train-baseline model folder (no {BASELINE_FILE}; "
+                         "train one with `diffusers-mv3d train-baseline` and pass its model/ folder)")
+    info = json.loads(info_path.read_text())
+    if kind is not None and info["kind"] != kind:
+        raise ValueError(f"{flag} {folder!r} holds a {info['kind']} baseline, not {kind}")
+    parts = load_foundation(folder, device)
+    if info["kind"] == "mvdream":
+        set_multiview_self_attention(parts.unet, info["num_views"])
+    return parts
+
+
+@torch.no_grad()
+def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=None, num_inference_steps: int = 50,
+                 guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``num_views`` views of one object of ``prompt`` -> ``[V, 3, H, W]`` in [0, 1] on the CPU.
+
+    DDIM (eta 0) from the folder's noise schedule, classifier-free guidance against ``""``, all views
+    in one batch, and :class:`TuneMV3DPipeline`'s initial noise (``randn [1, V, C, h, w]`` from
+    ``generator``), so the same seed starts from the same noise. ``cameras`` (``Cameras [V]``, default
+    :func:`default_cameras`) condition a camera-conditioned (mvdream) UNet; one with self-attention
+    over views is set to ``num_views`` views. ``parts`` is :func:`load_baseline`'s (or any
+    :class:`Foundation`: the foundation's UNet samples its views independently).
+    """
+    from diffusers import DDIMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from ..cameras import default_cameras
+
+    unet = parts.unet
+    device, dtype = unet.device, unet.dtype
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    do_cfg = guidance_scale > 1.0
+
+    # 1. cameras (MVDream's condition) and the views the self-attention spans
+    cameras = default_cameras(num_views, size * parts.vae_scale_factor) if cameras is None else cameras
+    if len(cameras) != num_views:
+        raise ValueError(f"cameras must be Cameras of batch shape [num_views={num_views}], got {len(cameras)}")
+    labels = None
+    if unet.config.class_embed_type == "projection":
+        labels = camera_embedding(cameras.to(device))[None].expand(2 if do_cfg else 1, -1, -1).to(dtype)  # (2) V 16
+    if has_multiview_self_attention(unet):
+        set_multiview_self_attention(unet, num_views)
+
+    # 2. text (negative first), DDIM timesteps, initial noise
+    text = parts.encode_text(["", prompt] if do_cfg else [prompt]).to(device, dtype)  # (2) L D
+    config = {k: v for k, v in dict(parts.noise_scheduler.config).items() if k != "variance_type"}
+    scheduler = DDIMScheduler.from_config(config)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    x = randn_tensor((1, num_views, channels, size, size), generator=generator, device=device, dtype=dtype)
+    x = x * scheduler.init_noise_sigma  # 1 V C h w
+
+    # 3. denoising loop: every view in one batch, guidance on the text
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        doubled = torch.cat([model_input] * 2) if do_cfg else model_input  # (2) V C h w
+        noise = baseline_prediction(unet, doubled, torch.full(doubled.shape[:2], int(t), device=device), text, labels)
+        if do_cfg:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + guidance_scale * (cond - uncond)
+        x = scheduler.step(fold_views(noise), t, fold_views(x), generator=generator).prev_sample  # V C h w
+        x = unfold_views(x, num_views)
+    return ((parts.to_images(x[0]).float() + 1) / 2).cpu()
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folder and validation
+# ----------------------------------------------------------------------------------------------
+
+USAGE = """
+import torch
+from diffusers_mv3d.training.train_baseline import load_baseline, sample_views
+
+baseline = load_baseline("PATH")
+views = sample_views(baseline, "a red chair with armrests", num_views=8, num_inference_steps=50,
+                     guidance_scale=3.0, generator=torch.manual_seed(0))   # [8, 3, H, W] in [0, 1]
+"""
+
+DESCRIPTIONS = {
+    "finetune": ("A baseline of TuneMV3D: the foundation's UNet fully fine-tuned on the views of multi-view "
+                 "renders (views independent, text encoder frozen)."),
+    "mvdream": ("A baseline of TuneMV3D in the style of MVDream: the foundation's UNet fully fine-tuned on "
+                "multi-view renders with self-attention over all views of an object and a camera embedding "
+                "(flattened camera-to-world matrix, an MLP added to the timestep embedding; text encoder frozen)."),
+}
+
+
+def save_model_folder(folder: Path, unet, cfg: BaselineTrainConfig, step: int, log_path: Path) -> None:
+    """``model/``: the foundation's folder with the trained ``unet/``, ``baseline.json`` and README.md, atomically."""
+    base = Path(cfg.pretrained_model)
+
+    def write(tmp: Path) -> None:
+        for entry in sorted(base.iterdir()):  # text_encoder/, tokenizer/, scheduler/ (vae/, ...) as they are
+            if entry.is_dir() and entry.name != "unet" and not entry.name.startswith("."):
+                shutil.copytree(entry, tmp / entry.name)
+        if (base / "model_index.json").is_file():
+            shutil.copy2(base / "model_index.json", tmp / "model_index.json")
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        info = {"kind": cfg.kind, "num_views": cfg.num_input_views, "base_model": cfg.pretrained_model}
+        (tmp / BASELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        components = {"unet": "UNet2DConditionModel, every weight trained", BASELINE_FILE: "kind and training views"}
+        if cfg.kind == "mvdream":
+            components["unet"] += (" (class_embed_type projection: the camera MLP; load with load_baseline, which "
+                                   "installs the self-attention over views)")
+        write_model_card(
+            tmp,
+            title=f"TuneMV3D baseline: {cfg.kind}",
+            description=DESCRIPTIONS[cfg.kind],
+            base_model=cfg.pretrained_model,
+            data=cfg.data_dir,
+            steps=step,
+            losses=losses_from_log(log_path, LOSS_KEYS),
+            command=command_line("diffusers-mv3d train-baseline", cfg),
+            components={**components, "others": "the base model's components, unchanged"},
+            settings=cfg,
+            usage=USAGE,
+        )
+
+    write_atomically(folder, write)
+
+
+@torch.no_grad()
+def validation_grid(parts: Foundation, item: Dict, cfg: BaselineTrainConfig,
+                    device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Rows: the clean views, views sampled from the caption (``--validation-inference-steps`` DDIM
+    steps), then per validation t the noisy views and the one-step x0 prediction (all ``[V, 3, H, W]``
+    in [-1, 1]); returns ``(images [rows V, 3, H, W], {"val_x0_mse_t<t>": ...})``. Fixed seed and
+    object, so grids of different steps compare."""
+    unet, scheduler = parts.unet, parts.noise_scheduler
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = item["images"][None].to(device)  # 1 V 3 H W
+    v = images.shape[1]
+    clean = parts.to_space(images, generator)
+    text = parts.encode_text([item["caption"]]).to(device)
+    cameras = camera_embedding(item["cameras"].to(device))[None] if cfg.kind == "mvdream" else None  # 1 V 16
+    rows, metrics = [images[0]], {}
+    was_training = unet.training
+    unet.eval()
+    try:
+        if cfg.validation_inference_steps:
+            sampled = sample_views(parts, item["caption"], v, item["cameras"], cfg.validation_inference_steps,
+                                   cfg.validation_guidance_scale, torch.Generator().manual_seed(cfg.seed))
+            rows.append(sampled.to(device) * 2 - 1)
+        for t_value in cfg.validation_timesteps:
+            t = torch.full((1, v), min(t_value, scheduler.config.num_train_timesteps - 1), device=device)
+            noise = torch.randn(clean.shape, generator=generator).to(device)
+            x_t = scheduler.add_noise(fold_views(clean), fold_views(noise), fold_views(t))  # V C h w
+            prediction = baseline_prediction(unet, x_t[None], t, text, cameras)
+            x0 = _predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
+            rows += [parts.to_images(x_t), parts.to_images(x0)]
+            metrics[f"val_x0_mse_t{int(t[0, 0])}"] = F.mse_loss(x0, clean[0]).item()
+    finally:
+        unet.train(was_training)
+    return torch.cat(rows), metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
+    """Train; returns a summary (final step, last loss, samples/s, peak RSS, folders, weights hash)."""
+    from diffusers import UNet2DConditionModel
+
+    from ..data.dataset import collate_multiview
+
+    # 1. Processes, folders, data, the foundation
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    check_batch_size(cfg, world)
+    device = accelerator.device
+    _, _, log_path = run_paths(cfg)
+    dataset = load_multiview_dataset(cfg)
+    foundation = load_foundation(cfg.pretrained_model, device)
+    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
+    if cfg.resolution % factor:
+        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
+                         "(the VAE factor x the UNet's downsampling)")
+    for t in cfg.validation_timesteps:
+        if t >= foundation.noise_scheduler.config.num_train_timesteps:
+            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
+                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
+    resume_from = resolve_resume(cfg)
+
+    # 2. The trained UNet: fresh (from the foundation's), or the checkpoint's; text encoder (and VAE) stay frozen
+    if resume_from is None:
+        unet = build_unet(foundation.unet, cfg)
+    else:
+        check_architecture(cfg, resume_from)
+        unet = UNet2DConditionModel.from_pretrained(resume_from / "unet")
+        if cfg.kind == "mvdream":
+            set_multiview_self_attention(unet, cfg.num_input_views)
+    unet = unet.to(device).requires_grad_(True).train()
+
+    # 3. Optimizer, schedule
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999),
+                                  weight_decay=cfg.weight_decay)
+    model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, unet, optimizer, resume_from)
+    raw = accelerator.unwrap_model(model)
+    models = {"unet": raw}
+    parts = replace(foundation, unet=raw)  # the frozen text encoder (VAE, schedule) with the trained UNet
+    del foundation  # (mvdream: frees the foundation's own UNet)
+
+    end_step = final_step(cfg)
+    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
+    write_run_config(accelerator, cfg)
+
+    def save_model(folder: Path, step: int) -> None:
+        save_model_folder(folder, raw, cfg, step, log_path)
+
+    def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, float]]:
+        return validation_grid(parts, dataset[0], cfg, device)
+
+    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
+    result = train_loop(
+        cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
+        start_step, end_step,
+        compute_losses=lambda batch, generator: baseline_losses(model, parts, batch, cfg, generator, device),
+        save_model=save_model, validate=validate,
+    )
+    return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """Register ``train-baseline`` with the ``diffusers-mv3d`` sub-command parser."""
+    add_trainer_parser(
+        subparsers, "train-baseline",
+        help="train a baseline on the multi-view data: a fully fine-tuned UNet (finetune) or MVDream-style (mvdream)",
+        description=__doc__, config_class=BaselineTrainConfig, run_from_args=run_from_args,
+    )
+
+
+def run_from_args(args) -> int:
+    return run_trainer("train-baseline", BaselineTrainConfig, main, args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(script_main("train-baseline", "train_baseline", add_parser, run_from_args))
