@@ -7,7 +7,7 @@ The logic is :func:`diffusers_mv3d.conversion.assemble_pipeline`; this is its co
     # our foundation + a trained branch + the reconstructor: the embedded default pipeline
     python conversion/assemble_pipeline.py --base runs/foundation-tiny/pipeline \\
         --branch runs/tunemv3d-tiny/model --reconstructor runs/reconstructor-tiny/model \\
-        --out pipelines/tunemv3d-tiny --overwrite
+        --out pipelines/tunemv3d-tiny --overwrite --trained-on "2 CPU cores (AMD EPYC), no GPU"
     # ... and upload the folder to the Hub
     python conversion/assemble_pipeline.py --base ... --branch ... --out DIR --push-to-hub you/tunemv3d-sd21
 
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", default=None, metavar="REPO",
                         help="also upload the folder to this Hub repository (owner/name)")
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repository private")
+    parser.add_argument("--trained-on", default="", metavar="TEXT",
+                        help="the machine the trainer folders were trained on, for the model card's training section")
     return parser
 
 
@@ -71,6 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale,
             neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,
+            trained_on=args.trained_on,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -251,6 +251,35 @@ def test_model_card_names_base_branch_training_and_command(if_base):
     assert "python conversion/assemble_pipeline.py --base owner/some-if-model" in card
 
 
+def test_training_section_sums_resumed_sessions_and_gives_the_reproducing_commands(tmp_path):
+    from diffusers_mv3d.conversion.model_card import training_section
+    from diffusers_mv3d.training.config import save_config
+    from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig
+
+    data = tmp_path / "objects"
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        (data / name / "cameras.json").write_text("{}")
+    (data / "render.json").write_text(json.dumps({"split": "objects3d", "resolution": 32, "seed": 0}))
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    save_config(TuneMV3DTrainConfig(data_dir=str(data), output_dir=str(run), resume="latest", max_minutes=30.0,
+                                    batch_size=4), str(run / "config.yaml"))
+    sessions = [[(10, 1.0, 60.0), (20, 2.0, 120.0)], [(30, 0.5, 30.0), (40, 1.5, 90.0)]]  # step, minutes, cpu s
+    records = [{"step": step, "minutes": minutes, "cpu_seconds": cpu, "samples_per_s": 2.0, "peak_rss_mb": 100.0}
+               for session in sessions for step, minutes, cpu in session]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    card = "\n".join(training_section({"branch": str(run / "model"), "base": "owner/hub-model"}, "a test machine"))
+    assert "a test machine" in card
+    assert f"| branch | `{data}` | 40 (of 20000) | 4 min | 0.1 h | 2.00 | 2 |" in card  # 2.0 + 1.5 min, 210 s
+    assert f"diffusers-mv3d render --split objects3d --num-objects 3 --resolution 32 --out {data}" in card
+    command = next(line for line in card.splitlines() if line.startswith("diffusers-mv3d train "))
+    assert "--stop-at-step 40" in command and "--batch-size 4" in command
+    assert "--resume" not in command and "--max-minutes" not in command
+    assert training_section({"base": "owner/hub-model", "branch": None}) == []
+
+
 def test_recorded_command_parses_back_to_the_same_arguments():
     import shlex
 

@@ -94,6 +94,7 @@ def assemble_pipeline(
     private: bool = False,
     overwrite: bool = False,
     command: Optional[str] = None,
+    trained_on: str = "",
 ) -> TuneMV3DPipeline:
     """Build a :class:`TuneMV3DPipeline` from a frozen text-to-image base and a branch; save it.
 
@@ -118,6 +119,9 @@ def assemble_pipeline(
         overwrite: replace an existing non-empty ``out``.
         command: the command line recorded in the model card (default: the equivalent
             ``assemble_pipeline.py`` command, :func:`assemble_command`).
+        trained_on: the machine the components were trained on, for the model card's training
+            section (written when ``base``, ``branch`` or ``reconstructor`` is a trainer's output
+            folder, :func:`~diffusers_mv3d.conversion.model_card.training_section`).
 
     Returns:
         The assembled pipeline (components in eval mode, on the CPU).
@@ -170,7 +174,7 @@ def assemble_pipeline(
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
                                reconstructor=reconstructor, base_scheduler_class=parts.scheduler_class,
-                               load_from=push_to_hub or (str(out) if out is not None else "DIR"))
+                               load_from=push_to_hub or (str(out) if out is not None else "DIR"), machine=trained_on)
         if out is not None:
             folder = save_pipeline_folder(pipe, out, card, overwrite=overwrite)
             if push_to_hub:

@@ -2,8 +2,11 @@
 (:mod:`diffusers_mv3d.conversion`).
 """
 
+import argparse
+import json
 import shlex
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
 from .components import _is_hub_id
@@ -39,9 +42,82 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
     return shlex.join(words)
 
 
+def _trainer_of(role: str):
+    """The command and settings class of the trainer that writes a ``role`` folder."""
+    from ..training.train_foundation import FoundationTrainConfig
+    from ..training.train_reconstructor import ReconstructorTrainConfig
+    from ..training.train_tunemv3d import TuneMV3DTrainConfig
+
+    return {"base": ("diffusers-mv3d train-foundation", FoundationTrainConfig),
+            "branch": ("diffusers-mv3d train", TuneMV3DTrainConfig),
+            "reconstructor": ("diffusers-mv3d train-reconstructor", ReconstructorTrainConfig)}[role]
+
+
+def render_command(data_dir: str) -> Optional[str]:
+    """The ``diffusers-mv3d render`` command that wrote a procedural ``--split`` folder (from its
+    ``render.json`` and the objects or images it holds), or ``None`` for other folders."""
+    folder = Path(data_dir)
+    settings = json.loads((folder / "render.json").read_text()) if (folder / "render.json").is_file() else {}
+    if not settings.get("split"):
+        return None
+    metadata = folder / "metadata.jsonl"
+    if metadata.is_file():
+        count = sum(1 for line in metadata.open(encoding="utf-8") if line.strip())
+    else:
+        count = sum(1 for child in folder.iterdir() if (child / "cameras.json").is_file())
+    words = ["diffusers-mv3d", "render", "--split", settings["split"], "--num-objects", str(count),
+             "--resolution", str(settings["resolution"]), "--out", str(data_dir)]
+    if settings.get("seed", 0):
+        words += ["--seed", str(settings["seed"])]
+    return shlex.join(words)
+
+
+def training_section(sources: dict, machine: str = "") -> List[str]:
+    """Model-card lines on how the components given as our trainers' output folders were trained.
+
+    ``sources`` maps ``base`` / ``branch`` / ``reconstructor`` to the folders given; a folder whose
+    parent holds the trainer's ``config.yaml`` and ``log.jsonl`` (``OUTPUT_DIR/pipeline`` or
+    ``OUTPUT_DIR/model``) gets a row: the command that reproduces its steps (``--stop-at-step``; the
+    run may have been stopped and resumed with ``--max-minutes`` any number of times, resuming is
+    exact), the data split, steps, wall and CPU time (:func:`run_summary`). Empty without such folders."""
+    from ..training.config import config_from_args
+    from ..training.model_card import command_line, run_summary
+
+    rows = []
+    for role in ("base", "branch", "reconstructor"):
+        folder = sources.get(role)
+        run_dir = Path(folder).parent if folder else None
+        if run_dir is None or not (run_dir / "config.yaml").is_file() or not (run_dir / "log.jsonl").is_file():
+            continue
+        program, config_class = _trainer_of(role)
+        cfg = config_from_args(config_class, argparse.Namespace(config=str(run_dir / "config.yaml")))
+        summary = run_summary(run_dir / "log.jsonl")
+        session_fields = {"resume": None, "max_minutes": 0.0, "stop_at_step": summary["step"]}
+        if hasattr(cfg, "num_threads"):
+            session_fields["num_threads"] = 0
+        for name, value in session_fields.items():
+            setattr(cfg, name, value)
+        rows.append((role, command_line(program, cfg), cfg.data_dir, summary, cfg.max_train_steps))
+    if not rows:
+        return []
+    renders = sorted({command for command in (render_command(row[2]) for row in rows) if command})
+    lines = ["## Training", "",
+             "Each component below was trained by the project's own command on the project's own procedural data "
+             "(`diffusers-mv3d render`, docs/data_format.md)" + (f", on {machine}" if machine else "") + ".", "",
+             "| component | data | steps (of the schedule) | wall time | CPU time | samples/s | sessions |",
+             "|---|---|---|---|---|---|---|"]
+    for role, _, data, summary, total in rows:
+        lines.append(f"| {role} | `{data}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
+                     f"{summary['cpu_hours']:.1f} h | {summary['samples_per_s']:.2f} | {summary['sessions']} |")
+    lines += ["", "Commands: the data, then each trainer (every setting that differs from its defaults, which "
+              "equal `configs/*-tiny.yaml`):", "", "```bash"]
+    lines += renders + [command for _, command, _, _, _ in rows] + ["```", ""]
+    return lines
+
+
 def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Optional[str] = None,
                     controlnet: Optional[str] = None, reconstructor: Optional[str] = None,
-                    base_scheduler_class: str = "unknown", load_from: str = "DIR") -> str:
+                    base_scheduler_class: str = "unknown", load_from: str = "DIR", machine: str = "") -> str:
     """README.md of an assembled pipeline folder: YAML front matter (a Hub model card), what each
     component is and where it came from, what was trained and what is frozen, how to load it, and
     the command that made it."""
@@ -117,6 +193,9 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         "Without importing the package first: `DiffusionPipeline.from_pretrained(path, "
         "custom_pipeline=diffusers_mv3d.pipelines.CUSTOM_PIPELINE, trust_remote_code=True)`.",
         "",
+    ]
+    lines += training_section({"base": base, "branch": branch, "reconstructor": reconstructor}, machine)
+    lines += [
         "## How it was made",
         "",
         "```bash",

@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from .config import config_to_dict, flag_name
 
-__all__ = ["command_line", "model_card_text", "push_folder_to_hub", "write_model_card"]
+__all__ = ["command_line", "model_card_text", "push_folder_to_hub", "run_summary", "write_model_card"]
 
 
 def command_line(program: str, cfg: Any) -> str:
@@ -115,3 +115,34 @@ def losses_from_log(log_path: Path, keys: Sequence[str]) -> Dict[str, float]:
         return {}
     record = json.loads(last)
     return {k: float(record[k]) for k in keys if k in record}
+
+
+def run_summary(log_path: Path) -> Dict[str, float]:
+    """Steps, wall minutes and CPU hours of a training run from its ``log.jsonl``, summed over the
+    sessions it was resumed in (each session's clock starts at 0, so a drop in ``minutes`` starts a new
+    one). Figures are as of the last logged step; empty when there is no log."""
+    import json
+
+    if not Path(log_path).is_file():
+        return {}
+    sessions, last = [], None
+    with open(log_path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if last is None or record.get("minutes", 0.0) < last.get("minutes", 0.0):
+                sessions.append(record)
+            sessions[-1] = record
+            last = record
+    if last is None:
+        return {}
+    rates = sorted(r["samples_per_s"] for r in sessions if "samples_per_s" in r)
+    return {
+        "step": int(last["step"]),
+        "sessions": len(sessions),
+        "wall_minutes": sum(r.get("minutes", 0.0) for r in sessions),
+        "cpu_hours": sum(r.get("cpu_seconds", 0.0) for r in sessions) / 3600.0,
+        "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in sessions),
+        "samples_per_s": rates[len(rates) // 2] if rates else float("nan"),
+    }
