@@ -8,7 +8,8 @@ same evaluation). Prints the markdown table (with this command, the machine and 
 it to ``--out``, with the full results as JSON beside it (``.json``). The prompts and seeds are
 ``benchmarks/prompts.py``.
 
-    python benchmarks/bench_quality.py --model pipelines/tunemv3d-tiny --out docs/results_quality.md
+    python benchmarks/bench_quality.py --model pipelines/tunemv3d-tiny --out docs/results_quality.md \\
+        --model-card pipelines/tunemv3d-tiny/README.md
     python benchmarks/bench_quality.py --model pipelines/tunemv3d-tiny --image-to-multiview 8 \\
         --variants tunemv3d ground-truth --out docs/results_i2mv.md
     python benchmarks/bench_quality.py --model runs/foundation-tiny/pipeline --steps 5 --seeds 0 \\
@@ -21,12 +22,16 @@ import sys
 from pathlib import Path
 
 from diffusers_mv3d.evaluation.evaluate import add_arguments, evaluate, resolve, write_results
+from diffusers_mv3d.evaluation.report import update_model_card
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser, "markdown file to write (the JSON results go beside it, .json)")
     parser.add_argument("--views-dir", default=None, help="also save every object's views (PNG rows) under this folder")
+    parser.add_argument("--model-card", default=None, metavar="README",
+                        help="also write the tables as the '## Quality' section of this model card (e.g. "
+                             "pipelines/tunemv3d-tiny/README.md), replacing the one a previous run wrote")
     args = parser.parse_args(argv)
     cfg = resolve(args)
     if cfg is None:
@@ -35,7 +40,10 @@ def main(argv=None) -> int:
     command = "python benchmarks/bench_quality.py " + shlex.join(argv)
     results = evaluate(cfg, views_dir=args.views_dir)
     out = Path(args.out)
-    print(write_results(results, str(out), str(out.with_suffix(".json")), command), end="")
+    report = write_results(results, str(out), str(out.with_suffix(".json")), command)
+    print(report, end="")
+    if args.model_card:
+        update_model_card(args.model_card, report)
     return 0
 
 

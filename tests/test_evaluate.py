@@ -215,3 +215,18 @@ def test_evaluate_in_process_with_a_pipeline(tiny_folder):
     assert results["classifier"].startswith("skipped") and results["seeds"] == [0]
     assert results["variants"]["ground-truth"]["all"]["objects"] == 1
     assert results["variants"]["ground-truth"]["all"]["vh_iou"] > results["variants"]["negative-control"]["all"]["vh_iou"]
+
+
+def test_model_card_quality_section_is_inserted_once_and_replaced(tmp_path):
+    from diffusers_mv3d.evaluation.report import update_model_card
+
+    readme = tmp_path / "README.md"
+    readme.write_text("---\nlibrary_name: diffusers\n---\n\n# Model\n\n## Usage\n\ncode\n\n## How it was made\n\ncmd\n")
+    update_model_card(str(readme), "## Multi-view quality\n\n| a |\n\n### Image-to-multiview\n\nfirst\n")
+    update_model_card(str(readme), "## Multi-view quality\n\n| b |\n")
+    text = readme.read_text()
+    assert text.count("## Quality") == 1 and "| a |" not in text and "first" not in text
+    assert text.index("## Usage") < text.index("## Quality\n\n### Multi-view quality\n\n| b |") < text.index("## How it was made")
+    assert text.endswith("## How it was made\n\ncmd\n")
+    with pytest.raises(ValueError, match="--model-card"):
+        update_model_card(str(tmp_path / "missing.md"), "x")

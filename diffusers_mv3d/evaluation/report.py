@@ -114,3 +114,23 @@ def write_results(results: Dict[str, Any], markdown_path: str, json_path: str, c
     atomic_write(markdown_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     return text
+
+
+def update_model_card(readme_path: str, report: str) -> None:
+    """Put ``report`` (:func:`markdown_report`) into a pipeline folder's README.md model card as its
+    ``## Quality`` section (headings one level down), replacing the section a previous run wrote; a
+    new section goes before ``## How it was made`` (the card of ``conversion/assemble_pipeline.py``),
+    else at the end. Written atomically."""
+    path = Path(readme_path)
+    if not path.is_file():
+        raise ValueError(f"--model-card: no model card at {str(path)!r}")
+    body = "\n".join("#" + line if line.startswith("#") else line for line in report.rstrip().splitlines())
+    section = ["## Quality", "", body, ""]
+    lines = path.read_text(encoding="utf-8").rstrip("\n").splitlines()
+    if "## Quality" in lines:
+        start = lines.index("## Quality")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    else:
+        start = end = lines.index("## How it was made") if "## How it was made" in lines else len(lines)
+    text = "\n".join(lines[:start] + section + lines[end:]) + "\n"
+    atomic_write(str(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
