@@ -30,6 +30,7 @@ setup(
     ],
     extras_require={
         "render": ["embreex"],  # embree ray casting: rendering, mesh colouring, turntables (~1000x faster)
+        "demo": ["gradio>=4"],  # diffusers-mv3d demo: the web page around generate
         "dev": ["pytest", "embreex"],
     },
     entry_points={"console_scripts": ["diffusers-mv3d=diffusers_mv3d.cli:main"]},

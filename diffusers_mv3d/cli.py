@@ -9,15 +9,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import generate
+from . import demo, generate
 from .data import render_dataset
 from .evaluation import evaluate
 from .training import train_baseline, train_foundation, train_reconstructor, train_tunemv3d
-
-
-def _not_yet(subparsers, name: str) -> None:
-    parser = subparsers.add_parser(name, help=f"{name} (not yet implemented)")
-    parser.set_defaults(func=lambda args: print(f"diffusers-mv3d {name}: not yet implemented", file=sys.stderr) or 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_reconstructor.add_parser(sub)
     train_baseline.add_parser(sub)
     evaluate.add_parser(sub)
-    _not_yet(sub, "demo")
+    demo.add_parser(sub)
     return parser
 
 

@@ -42,6 +42,13 @@ def resolve_model(model: Optional[str]) -> str:
     return str(EMBEDDED_DEFAULT)
 
 
+def load_pipeline(model: Optional[str] = None):
+    """The :class:`TuneMV3DPipeline` at ``model`` (a folder or Hub id; default: the embedded one)."""
+    from .pipelines import TuneMV3DPipeline
+
+    return TuneMV3DPipeline.from_pretrained(resolve_model(model))
+
+
 def generate(
     prompt: str,
     out: Path,
@@ -56,14 +63,17 @@ def generate(
     mesh: bool = True,
     mesh_resolution: int = 64,
     turntable_frames: int = 24,
+    pipe=None,
 ) -> dict:
     """Run the pipeline and write ``view_XX.png``, ``views.png``, ``cameras.json``, ``mesh.glb`` and
-    ``turntable.gif`` into ``out``. Returns ``{name: path}`` of what was written and the timing."""
+    ``turntable.gif`` into ``out``. Returns ``{name: path}`` of what was written and the timing.
+
+    ``pipe``: an already loaded pipeline (the demo loads one for all its requests); ``model`` is then
+    unused. Otherwise the pipeline at ``model`` is loaded (:func:`load_pipeline`)."""
     import torch
 
     from .mesh import export_mesh, save_turntable_gif
     from .mesh import turntable_frames as render_turntable
-    from .pipelines import TuneMV3DPipeline
 
     if views < 1:
         raise SystemExit(f"--views must be >= 1, got {views}")
@@ -71,7 +81,8 @@ def generate(
         raise SystemExit(f"--steps must be >= 1, got {steps}")
     if image is not None and not Path(image).is_file():
         raise SystemExit(f"--image {image} is not a file")
-    pipe = TuneMV3DPipeline.from_pretrained(resolve_model(model))
+    if pipe is None:
+        pipe = load_pipeline(model)
     reference = None
     if image is not None:
         reference = PIL.Image.open(image).convert("RGBA").resize((pipe.image_size, pipe.image_size), PIL.Image.BICUBIC)
