@@ -7,7 +7,7 @@ The logic is :func:`diffusers_mv3d.conversion.assemble_pipeline`; this is its co
     # our foundation + a trained branch + the reconstructor: the embedded default pipeline
     python conversion/assemble_pipeline.py --base runs/foundation-tiny/pipeline \\
         --branch runs/tunemv3d-tiny/model --reconstructor runs/reconstructor-tiny/model \\
-        --out pipelines/tunemv3d-tiny --overwrite --trained-on "2 CPU cores (AMD EPYC), no GPU"
+        --eta 1.0 --out pipelines/tunemv3d-tiny --overwrite --trained-on "2 CPU cores (AMD EPYC), no GPU"
     # ... and upload the folder to the Hub
     python conversion/assemble_pipeline.py --base ... --branch ... --out DIR --push-to-hub you/tunemv3d-sd21
 
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="K: fraction of the sampling steps that use consistency guidance (saved in the scheduler)")
     parser.add_argument("--consistency-scale", type=float, default=7.5,
                         help="alpha of eq. 4 (saved in the scheduler)")
+    parser.add_argument("--eta", type=float, default=0.0,
+                        help="DDIM's eta the pipeline samples with by default: 0 deterministic, 1 as stochastic as DDPM "
+                             "(saved in the scheduler)")
     parser.add_argument("--neus-render-resolution", type=int, default=None,
                         help="side of the NeuS render that conditions the branch, 0 = the diffusion-space resolution; "
                              "default: the branch's (16 for a fresh branch)")
@@ -70,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         pipe = assemble_pipeline(
             args.base, branch=args.branch, reconstructor=args.reconstructor, out=args.out, controlnet=args.controlnet,
-            consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale,
+            consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale, eta=args.eta,
             neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,
             trained_on=args.trained_on,

@@ -60,6 +60,7 @@ def generate(
     guidance_scale: float = 3.0,
     consistency_ratio: Optional[float] = None,
     consistency_scale: Optional[float] = None,
+    eta: Optional[float] = None,
     mesh: bool = True,
     mesh_resolution: int = 64,
     turntable_frames: int = 24,
@@ -95,6 +96,7 @@ def generate(
         guidance_scale=guidance_scale,
         consistency_ratio=consistency_ratio,
         consistency_scale=consistency_scale,
+        eta=eta,
         generator=torch.Generator().manual_seed(seed),
         return_mesh=mesh,
         mesh_resolution=mesh_resolution,
@@ -135,6 +137,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance on the text")
     parser.add_argument("--consistency-ratio", type=float, default=None, help="K, fraction of consistency steps (model default if unset)")
     parser.add_argument("--consistency-scale", type=float, default=None, help="alpha of eq. 4 (model default if unset)")
+    parser.add_argument("--eta", type=float, default=None, help="DDIM's eta: 0 deterministic, 1 stochastic (model default if unset)")
     parser.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid size")
     parser.add_argument("--no-mesh", action="store_true", help="skip the mesh and the turntable")
     parser.set_defaults(func=run)
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     result = generate(
         args.prompt, args.out, model=args.model, views=args.views, steps=args.steps, seed=args.seed,
         image=args.image, guidance_scale=args.guidance_scale, consistency_ratio=args.consistency_ratio,
-        consistency_scale=args.consistency_scale, mesh=not args.no_mesh, mesh_resolution=args.mesh_resolution,
+        consistency_scale=args.consistency_scale, eta=args.eta, mesh=not args.no_mesh, mesh_resolution=args.mesh_resolution,
     )
     files = result["files"]
     print(f"generated {args.views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")

@@ -45,14 +45,36 @@ def test_without_guidance_the_step_is_the_inner_schedulers():
     assert torch.equal(scheduler.step(eps, t, x).prev_sample, plain.step(eps, t, x).prev_sample)
 
 
+def test_eta_from_the_config_or_the_call_reaches_ddim_and_other_schedulers_ignore_it():
+    scheduler = ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), eta=1.0)
+    plain = DDIMScheduler()
+    for s in (scheduler, plain):
+        s.set_timesteps(5)
+    x, eps = torch.randn(2, 1, 3, 4, 4).unbind(0)
+    t = plain.timesteps[1]
+
+    def step(s, **kwargs):
+        return s.step(eps, t, x, generator=torch.Generator().manual_seed(0), **kwargs).prev_sample
+
+    assert torch.equal(step(scheduler), step(plain, eta=1.0))  # the config's eta
+    assert torch.equal(step(scheduler, eta=0.0), step(plain))  # the call's overrides it
+    assert not torch.allclose(step(scheduler), step(plain))
+    euler = ConsistencyGuidanceScheduler.wrap(EulerDiscreteScheduler(), eta=1.0)
+    euler.set_timesteps(5)
+    euler.step(eps, euler.timesteps[0], x)  # Euler's step takes no eta: not passed
+    with pytest.raises(ValueError, match="eta"):
+        ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), eta=-0.5)
+
+
 def test_save_load_keeps_inner_config_and_guidance(tmp_path):
     scheduler = ConsistencyGuidanceScheduler.wrap(
         DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-        consistency_ratio=0.25, consistency_scale=3.0,
+        consistency_ratio=0.25, consistency_scale=3.0, eta=1.0,
     )
     scheduler.save_pretrained(tmp_path)
     loaded = ConsistencyGuidanceScheduler.from_pretrained(tmp_path)
     assert loaded.config.consistency_ratio == 0.25 and loaded.config.consistency_scale == 3.0
+    assert loaded.config.eta == 1.0
     assert isinstance(loaded.inner, DDIMScheduler)
     assert loaded.inner.config.prediction_type == "v_prediction"
     assert loaded.inner.config.beta_schedule == "squaredcos_cap_v2"

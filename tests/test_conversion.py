@@ -287,14 +287,14 @@ def test_recorded_command_parses_back_to_the_same_arguments():
 
     command = assemble_command("owner/base", "out dir", branch="runs/b/model", reconstructor="runs/r/model",
                                consistency_ratio=0.25, consistency_scale=2.0, neus_render_resolution=0, seed=3,
-                               push_to_hub="me/repo", overwrite=True)
+                               push_to_hub="me/repo", overwrite=True, eta=1.0)
     words = shlex.split(command)
     assert words[:2] == ["python", "conversion/assemble_pipeline.py"]
     args = load_script(ASSEMBLE).build_parser().parse_args(words[2:])
     assert (args.base, args.out, args.branch, args.reconstructor, args.controlnet) == \
         ("owner/base", "out dir", "runs/b/model", "runs/r/model", None)
     assert (args.consistency_ratio, args.consistency_scale, args.neus_render_resolution, args.seed) == (0.25, 2.0, 0, 3)
-    assert args.push_to_hub == "me/repo" and args.overwrite and not args.private
+    assert args.push_to_hub == "me/repo" and args.overwrite and not args.private and args.eta == 1.0
 
 
 # ---------------------------------------------------------------------------- ControlNet conversion

@@ -64,6 +64,8 @@ def test_reference_view_is_bit_identical(pipe):
     out = run(pipe, reference_images={2: reference}, prompt=None)
     assert same(out.images[2], expected)
     assert not np.allclose(out.images[0], expected, atol=1e-2)
+    stochastic = run(pipe, image=reference, output_type="latent", eta=1.0).images  # fresh noise every step
+    assert torch.equal(stochastic[0], clean[0]) and not torch.allclose(stochastic[1:], latents[1:])
 
 
 def test_consistency_ratio_zero_is_plain_and_positive_changes(pipe):
@@ -75,22 +77,24 @@ def test_consistency_ratio_zero_is_plain_and_positive_changes(pipe):
     assert not np.allclose(guided, plain)
 
 
-@pytest.mark.parametrize("latent", [False, True])
-def test_fresh_branch_equals_the_frozen_unet_alone(latent):
+@pytest.mark.parametrize("latent,eta", [(False, 0.0), (True, 0.0), (False, 1.0)])
+def test_fresh_branch_equals_the_frozen_unet_alone(latent, eta):
     pipe = tiny_pipeline(latent=latent)
-    out = run(pipe, output_type="latent", guidance_scale=3.0)
+    generator = torch.Generator().manual_seed(0)
+    out = run(pipe, output_type="latent", guidance_scale=3.0, eta=eta, generator=generator)
     # the frozen UNet sampling each view independently from the same noise, written out by hand
     scheduler = pipe.scheduler.inner
     scheduler.set_timesteps(STEPS)
     shape = (1, 4, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).flatten(0, 1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).flatten(0, 1)
     with torch.no_grad():
         text = torch.cat([pipe.encode_prompt([""], "cpu"), pipe.encode_prompt(["a red chair with armrests"], "cpu")])
         text = text.repeat_interleave(4, 0)
         for t in scheduler.timesteps:
             noise = pipe.unet(torch.cat([x, x]), t, text).sample
             uncond, cond = noise.chunk(2)
-            x = scheduler.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+            x = scheduler.step(uncond + 3.0 * (cond - uncond), t, x, eta=eta, generator=generator).prev_sample
     assert torch.allclose(out.images, x, atol=1e-5)
 
 

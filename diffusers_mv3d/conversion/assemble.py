@@ -87,6 +87,7 @@ def assemble_pipeline(
     controlnet: Optional[PathLike] = None,
     consistency_ratio: float = 0.5,
     consistency_scale: float = 7.5,
+    eta: float = 0.0,
     neus_render_resolution: Optional[int] = None,
     seed: int = 0,
     variant: Optional[str] = None,
@@ -108,6 +109,8 @@ def assemble_pipeline(
         out: where the pipeline folder goes (``None``: not saved, unless ``push_to_hub`` needs it).
         controlnet: a ``MultiViewControlNetModel`` folder (e.g. from :func:`convert_controlnet`) used
             instead of the branch's; without ``branch`` the NeuS is fresh.
+        eta: DDIM's eta the pipeline samples with by default (0 deterministic, 1 as stochastic as
+            DDPM), saved in the scheduler's config.
         consistency_ratio, consistency_scale: K and alpha of consistency guidance (§3.3), saved in
             the scheduler's config.
         neus_render_resolution: side of the NeuS render that conditions the branch (0 = the
@@ -158,7 +161,7 @@ def assemble_pipeline(
         neus.register_to_config(render_resolution=int(neus_render_resolution) or None)
 
     # 3. the inference scheduler: DDIM from the base's schedule, inside consistency guidance
-    scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale)
+    scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale, eta)
 
     # 4. the pipeline
     pipe = TuneMV3DPipeline(
@@ -170,7 +173,7 @@ def assemble_pipeline(
     if out is not None or push_to_hub:
         command = command or assemble_command(
             base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
-            consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite,
+            consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite, eta,
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
                                reconstructor=reconstructor, base_scheduler_class=parts.scheduler_class,

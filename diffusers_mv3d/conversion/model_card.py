@@ -18,7 +18,8 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
                      reconstructor: Optional[str] = None, consistency_ratio: float = 0.5,
                      consistency_scale: float = 7.5, neus_render_resolution: Optional[int] = None,
                      seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
-                     private: bool = False, overwrite: bool = False, program: str = ASSEMBLE_SCRIPT) -> str:
+                     private: bool = False, overwrite: bool = False, eta: float = 0.0,
+                     program: str = ASSEMBLE_SCRIPT) -> str:
     """The ``assemble_pipeline.py`` command line that makes the same folder."""
     words = shlex.split(program) + ["--base", str(base)]
     for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor)):
@@ -27,6 +28,8 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
     if out is not None:
         words += ["--out", str(out)]
     words += ["--consistency-ratio", repr(float(consistency_ratio)), "--consistency-scale", repr(float(consistency_scale))]
+    if eta:
+        words += ["--eta", repr(float(eta))]
     if neus_render_resolution is not None:
         words += ["--neus-render-resolution", str(int(neus_render_resolution))]
     if seed != 0:
@@ -152,7 +155,7 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
                      f"`{reconstructor}`" if reconstructor is not None else branch_source))
     rows.append(("scheduler", "ConsistencyGuidanceScheduler (diffusers_mv3d)", "-",
                  f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}, "
-                 f"alpha = {scheduler.consistency_scale}"))
+                 f"alpha = {scheduler.consistency_scale}, eta = {scheduler.eta}"))
     lines = front + [
         "",
         "# TuneMV3D multi-view pipeline",

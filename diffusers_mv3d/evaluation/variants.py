@@ -131,7 +131,7 @@ def sample_foundation(
     """The frozen UNet alone sampling ``num_views`` images of ``prompt`` independently -> ``[V, 3, H, W]`` in ``[0, 1]``.
 
     The same loop as the pipeline's without the branch: a fresh ``DDIMScheduler`` from the
-    pipeline's inner scheduler config, classifier-free guidance with the empty negative prompt, and
+    pipeline's inner scheduler config with the pipeline's ``eta``, classifier-free guidance with the empty negative prompt, and
     the pipeline's initial noise (``randn [1, V, C, h, w]`` from ``generator``, one noise a view). A
     pipeline whose branch adds zero (a fresh one) gives the same images.
     """
@@ -156,7 +156,7 @@ def sample_foundation(
         if do_cfg:
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(noise, t, x, generator=generator).prev_sample
+        x = scheduler.step(noise, t, x, eta=pipe.scheduler.config.eta, generator=generator).prev_sample
     return ((pipe.decode_views(x).float().clamp(-1, 1) + 1) / 2).cpu()
 
 
@@ -184,7 +184,7 @@ def generate_views(pipe, variant: str, prompt: str, num_views: int, steps: int, 
 
     The baselines (``baselines`` from :func:`load_baselines`) sample with
     :func:`~diffusers_mv3d.training.train_baseline.sample_views`: the pipeline's initial noise for the
-    seed, DDIM from the same schedule, the default cameras.
+    seed, DDIM from the same schedule with the pipeline's ``eta``, the default cameras.
     """
     generator = torch.Generator().manual_seed(seed)
     if variant == "foundation":
@@ -192,7 +192,8 @@ def generate_views(pipe, variant: str, prompt: str, num_views: int, steps: int, 
     if variant in BASELINE_VARIANTS:
         from ..training.train_baseline import sample_views
 
-        return sample_views(baselines[variant], prompt, num_views, None, steps, guidance_scale, generator)
+        return sample_views(baselines[variant], prompt, num_views, None, steps, guidance_scale, generator,
+                            eta=pipe.scheduler.config.eta)
     with _variant_context(pipe, variant):
         out = pipe(prompt, num_views=num_views, num_inference_steps=steps, guidance_scale=guidance_scale,
                    generator=generator, output_type="pt", **variant_call_arguments(variant))

@@ -218,6 +218,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         negative_prompt: Optional[Union[str, List[str]]] = None,
         consistency_ratio: Optional[float] = None,
         consistency_scale: Optional[float] = None,
+        eta: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
@@ -240,6 +241,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale, negative_prompt: as in diffusers.
             consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None.
             consistency_scale: alpha of eq. 4; the scheduler's config if None.
+            eta: DDIM's eta (0 deterministic, 1 as stochastic as DDPM; the fresh noise comes from
+                ``generator``); the scheduler's config if None. Other schedulers ignore it.
             generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
@@ -295,7 +298,9 @@ class TuneMV3DPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = self._clamp_references(latents.to(device=device, dtype=dtype), reference_index, reference_latents)
 
-        # 7. Denoising loop: all views of all objects in one batch
+        # 7. Denoising loop: all views of all objects in one batch (a step's fresh noise, eta > 0, comes
+        # from each object's generator for all its views)
+        step_generator = [g for g in generator for _ in range(num_views)] if isinstance(generator, list) else generator
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -326,7 +331,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
                     fold_views(latents),
                     model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
                     consistency_scale=consistency_scale,
-                    generator=generator,
+                    eta=eta,
+                    generator=step_generator,
                 ).prev_sample
                 latents = self._clamp_references(unfold_views(latents, num_views), reference_index, reference_latents)
 

@@ -13,8 +13,11 @@ clipping or dynamic thresholding (non-affine) the guidance acts before the clip,
 guidance does.
 
 The wrapper holds any diffusers scheduler (DDIM by default) and saves it as its own config plus
-``consistency_ratio`` (K) and ``consistency_scale`` (alpha).
+``consistency_ratio`` (K), ``consistency_scale`` (alpha) and the ``eta`` a DDIM inside samples with
+(0: deterministic DDIM; 1: as stochastic as DDPM, which corrects more of an imperfect model's errors).
 """
+
+import inspect
 
 from typing import Any, Dict, Optional, Set
 
@@ -46,6 +49,8 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         inner_scheduler_config (`dict`, *optional*): its config (``scheduler.config``).
         consistency_ratio (`float`, defaults to 0.5): K, the fraction of consistency steps.
         consistency_scale (`float`, defaults to 7.5): alpha of eq. 4.
+        eta (`float`, defaults to 0.0): DDIM's eta (the weight of fresh noise in a step), passed to an
+            inner scheduler whose ``step`` takes it (``DDIMScheduler``); other schedulers ignore it.
     """
 
     config_name = "scheduler_config.json"
@@ -58,7 +63,10 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         inner_scheduler_config: Optional[Dict[str, Any]] = None,
         consistency_ratio: float = 0.5,
         consistency_scale: float = 7.5,
+        eta: float = 0.0,
     ):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
         inner_class = getattr(diffusers, inner_scheduler_type, None)
         if not (isinstance(inner_class, type) and issubclass(inner_class, SchedulerMixin)):
             raise ValueError(f"inner_scheduler_type={inner_scheduler_type!r} is not a diffusers scheduler class")
@@ -66,11 +74,13 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         config = {k: v for k, v in (inner_scheduler_config or {}).items() if not k.startswith("_")}
         self.inner = inner_class.from_config(config)
         self.order = getattr(self.inner, "order", 1)
+        self._inner_takes_eta = "eta" in inspect.signature(self.inner.step).parameters
 
     @classmethod
-    def wrap(cls, scheduler: SchedulerMixin, consistency_ratio: float = 0.5, consistency_scale: float = 7.5):
+    def wrap(cls, scheduler: SchedulerMixin, consistency_ratio: float = 0.5, consistency_scale: float = 7.5,
+             eta: float = 0.0):
         """Wrap an existing scheduler instance (its class and config are kept)."""
-        return cls(type(scheduler).__name__, dict(scheduler.config), consistency_ratio, consistency_scale)
+        return cls(type(scheduler).__name__, dict(scheduler.config), consistency_ratio, consistency_scale, eta)
 
     # ---------------------------------------------------------------- the inner scheduler's API
     @property
@@ -102,15 +112,20 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         model_output_without_neus: Optional[torch.Tensor] = None,
         consistency_scale: Optional[float] = None,
+        eta: Optional[float] = None,
         **kwargs,
     ):
         """One step of the inner scheduler; with ``model_output_without_neus`` a consistency step (eq. 4).
+        ``eta`` (default: the config's) goes to an inner scheduler that takes it (DDIM); ``kwargs``
+        (``generator``, ...) go to the inner ``step``.
 
         Returns what the inner scheduler's ``step`` returns (``prev_sample`` and friends).
         """
         if model_output_without_neus is not None:
             scale = self.config.consistency_scale if consistency_scale is None else consistency_scale
             model_output = guide_with_consistency(model_output, model_output_without_neus, scale)
+        if self._inner_takes_eta:
+            kwargs["eta"] = self.config.eta if eta is None else eta
         return self.inner.step(model_output, timestep, sample, **kwargs)
 
     def __len__(self) -> int:

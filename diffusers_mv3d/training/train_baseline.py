@@ -329,10 +329,11 @@ def load_baseline(folder: str, device: torch.device = torch.device("cpu"), kind:
 
 @torch.no_grad()
 def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=None, num_inference_steps: int = 50,
-                 guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None,
+                 eta: float = 0.0) -> torch.Tensor:
     """``num_views`` views of one object of ``prompt`` -> ``[V, 3, H, W]`` in [0, 1] on the CPU.
 
-    DDIM (eta 0) from the folder's noise schedule, classifier-free guidance against ``""``, all views
+    DDIM (``eta``: 0 deterministic, 1 as stochastic as DDPM) from the folder's noise schedule, classifier-free guidance against ``""``, all views
     in one batch, and :class:`TuneMV3DPipeline`'s initial noise (``randn [1, V, C, h, w]`` from
     ``generator``), so the same seed starts from the same noise. ``cameras`` (``Cameras [V]``, default
     :func:`default_cameras`) condition a camera-conditioned (mvdream) UNet; one with self-attention
@@ -375,7 +376,7 @@ def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=Non
         if do_cfg:
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(fold_views(noise), t, fold_views(x), generator=generator).prev_sample  # V C h w
+        x = scheduler.step(fold_views(noise), t, fold_views(x), eta=eta, generator=generator).prev_sample  # V C h w
         x = unfold_views(x, num_views)
     return ((parts.to_images(x[0]).float() + 1) / 2).cpu()
 
