@@ -88,6 +88,18 @@ def test_foreground_masks_threshold_on_darkness_from_white():
         foreground_masks(torch.ones(3, 8, 8))
 
 
+def test_foreground_masks_on_a_tinted_background_take_the_border_colour():
+    tint = torch.tensor([0.4, -0.2, 0.6])[:, None, None]  # in [-1, 1]
+    images = tint.expand(2, 3, 8, 8).clone()
+    images[0, :, 3:5, 2:6] = -1.0  # a black object in view 0
+    images[1, 0, 4, 4] = 0.4 + 2 * 0.04  # 0.04 off the tint in [0, 1]: background
+    masks = foreground_masks(images, threshold=0.05, background="border")
+    assert masks[0].sum() == 8 and masks[0, 3:5, 2:6].all() and not masks[1].any()
+    assert foreground_masks(images, threshold=0.05).all()  # against white, the tint is all foreground
+    with pytest.raises(ValueError, match="background"):
+        foreground_masks(images, background="black")
+
+
 def test_carve_visual_hull_matches_naive_loop():
     cameras = Cameras.orbit(20.0, [0.0, 100.0, 230.0], height=12, width=10)
     masks = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(1)) > 0.3

@@ -11,8 +11,8 @@ All three take the V views of *one* object with their :class:`~diffusers_mv3d.ca
 
 Conventions (shared by every function here):
 
-* ``images`` are ``[V, 3, H, W]`` in ``[-1, 1]`` (the project's image tensors) on a **white**
-  background; ``masks`` are ``[V, H, W]`` (bool, or float read as ``> 0.5``), e.g. from
+* ``images`` are ``[V, 3, H, W]`` in ``[-1, 1]`` (the project's image tensors) on a plain
+  background (white for renders); ``masks`` are ``[V, H, W]`` (bool, or float read as ``> 0.5``), e.g. from
   :func:`foreground_masks`; ``H x W`` must be the cameras' ``height x width``.
 * Voxel ``(i, j, k)`` of a grid of resolution ``R`` has its centre at
   ``-1 + (i + 0.5, j + 0.5, k + 0.5) * 2 / R`` (x, y, z), so ``F.grid_sample(..., align_corners=False)``
@@ -160,19 +160,29 @@ def _torch_threads(num_threads: Optional[int]):
 # ---------------------------------------------------------------------------------------------
 # masks and the visual hull
 # ---------------------------------------------------------------------------------------------
-def foreground_masks(images: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
-    """Foreground masks ``[V, H, W]`` bool of views on a white background.
+def foreground_masks(images: torch.Tensor, threshold: float = 0.05, background: str = "white") -> torch.Tensor:
+    """Foreground masks ``[V, H, W]`` bool of views on a plain background.
 
-    ``images`` are ``[V, 3, H, W]`` in ``[-1, 1]``. With ``x = (images + 1) / 2`` in ``[0, 1]``, a
-    pixel is foreground when some channel is darker than white by more than ``threshold``:
-    ``max_c (1 - x_c) > threshold``. On anti-aliased views that keeps edge pixels an object covers
-    only partly (a coverage mask). Brightly lit white surfaces (the palette's white is 0.95) sit near
-    0.05: lower the threshold for white objects, raise it for speckled generated backgrounds.
+    ``images`` are ``[V, 3, H, W]`` in ``[-1, 1]``. With ``x = (images + 1) / 2`` in ``[0, 1]`` and a
+    background colour ``b`` a view, a pixel is foreground when some channel differs from it by more
+    than ``threshold``: ``max_c |x_c - b_c| > threshold``. ``background="white"``: ``b = 1`` (renders);
+    ``"border"``: ``b`` is the per-channel median of the view's outermost pixels, for generated views
+    whose background is tinted rather than white (objects are framed inside the image). On
+    anti-aliased views that keeps edge pixels an object covers only partly (a coverage mask). Brightly
+    lit white surfaces (the palette's white is 0.95) sit near 0.05: lower the threshold for white
+    objects, raise it for speckled generated backgrounds.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [V, 3, H, W], got {tuple(images.shape)}")
     x = (images.float() + 1.0) / 2.0
-    return (1.0 - x).amax(dim=1) > threshold
+    if background == "white":
+        colour = torch.ones_like(x[:, :, :1, :1])
+    elif background == "border":
+        border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, 1:-1, 0], x[:, :, 1:-1, -1]], dim=2)  # [V, 3, n]
+        colour = border.median(dim=2).values[:, :, None, None]
+    else:
+        raise ValueError(f"background must be 'white' or 'border', got {background!r}")
+    return (x - colour).abs().amax(dim=1) > threshold
 
 
 def carve_visual_hull(

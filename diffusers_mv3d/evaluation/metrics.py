@@ -17,7 +17,7 @@ from .settings import EvaluationConfig
 def score_views(images: torch.Tensor, cameras: Cameras, cfg: EvaluationConfig) -> Dict[str, float]:
     """Consistency of one object's views ``[V, 3, H, W]`` in ``[0, 1]``: VH-IoU, coverage, photo dB, recon dB."""
     signed = images.float() * 2.0 - 1.0
-    masks = foreground_masks(signed, cfg.mask_threshold)
+    masks = foreground_masks(signed, cfg.mask_threshold, cfg.mask_background)
     hull = visual_hull_iou(masks, cameras, cfg.hull_resolution, return_details=True)
     photo = photo_consistency(signed, masks, cameras, cfg.hull_resolution)
     recon = reconstruction_psnr(signed, masks, cameras, cfg.held_out, grid_resolution=cfg.recon_resolution,

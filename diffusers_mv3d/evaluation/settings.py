@@ -140,7 +140,9 @@ class EvaluationConfig:
     held_out: Tuple[int, ...] = (1, 5)
     """Views the reconstruction PSNR holds out (taken modulo views)."""
     mask_threshold: float = 0.05
-    """Foreground when a channel is darker than white by more than this (foreground_masks)."""
+    """Foreground when a channel differs from the background colour by more than this (foreground_masks)."""
+    mask_background: str = "border"
+    """The background colour of foreground_masks: border (each view's border median; generated backgrounds are often tinted) or white."""
     hull_resolution: int = 64
     """Voxels a side for the visual-hull IoU and photo-consistency."""
     recon_steps: int = 200
@@ -165,6 +167,8 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("--model is required: a TuneMV3D pipeline folder (or a text-to-image folder)")
+        if self.mask_background not in ("border", "white"):
+            raise ValueError(f"--mask-background must be border or white, got {self.mask_background!r}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ValueError(f"--variants must name some of {list(VARIANTS)}, got {list(self.variants)}")
