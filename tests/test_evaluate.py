@@ -230,3 +230,23 @@ def test_model_card_quality_section_is_inserted_once_and_replaced(tmp_path):
     assert text.endswith("## How it was made\n\ncmd\n")
     with pytest.raises(ValueError, match="--model-card"):
         update_model_card(str(tmp_path / "missing.md"), "x")
+
+
+def test_fidelity_classifies_views_on_white_unless_told_not_to(monkeypatch):
+    from diffusers_mv3d.evaluation import classifier as classifier_module
+    from diffusers_mv3d.evaluation.evaluate import EvalPrompt, EvaluationConfig, _fidelity_record
+
+    seen = []
+    monkeypatch.setattr(classifier_module, "fidelity",
+                        lambda images, attributes, classifier: seen.append(images) or
+                        {"category_accuracy": 1.0, "colour_accuracy": 0.5})
+    views = torch.tensor([0.7, 0.9, 0.8])[None, :, None, None].repeat(2, 1, 8, 8)  # a tinted background in [0, 1]
+    views[:, :, 2:5, 3:6] = torch.tensor([0.8, 0.1, 0.1])[:, None, None]  # a red object
+    prompt = EvalPrompt("a red chair", "chair", "red")
+    for on_white in (True, False):
+        record = _fidelity_record(views, prompt, object(), EvaluationConfig(model="x", fidelity_on_white=on_white))
+        assert record == {"category_accuracy": 1.0, "colour_accuracy": 0.5}
+    whitened, untouched = seen
+    assert torch.equal(whitened[:, :, 2:5, 3:6], views[:, :, 2:5, 3:6] * 2 - 1)
+    assert (whitened[:, :, :2] == 1).all() and (whitened[:, :, 5:] == 1).all()
+    assert torch.equal(untouched, views * 2 - 1)

@@ -76,7 +76,7 @@ from ..cameras import default_cameras
 from ..data.splits import split_objects
 from ..io_utils import atomic_write
 from ..training.config import add_dataclass_arguments, config_to_dict, resolve_or_exit
-from .consistency import _torch_threads
+from .consistency import _torch_threads, foreground_masks
 from .metrics import _image_psnr_ssim, chamfer_l1, score_views, volume_iou, voxelize_mesh
 from .report import machine_description, markdown_report, write_results
 from .settings import (
@@ -156,13 +156,19 @@ def _load_classifier(cfg: EvaluationConfig):
         raise ValueError(f"--classifier {path!r} could not be loaded ({type(error).__name__}: {error})") from error
 
 
-def _fidelity_record(images: torch.Tensor, prompt: EvalPrompt, classifier) -> Dict[str, float]:
-    """Fractions of one object's views classified as the prompt's category and colour."""
+def _fidelity_record(images: torch.Tensor, prompt: EvalPrompt, classifier, cfg: EvaluationConfig) -> Dict[str, float]:
+    """Fractions of one object's views classified as the prompt's category and colour; with
+    ``cfg.fidelity_on_white`` the views' backgrounds (outside :func:`foreground_masks`) are white first,
+    as in the classifier's training renders."""
     from .classifier import fidelity
 
     if classifier is None:
         return {"category_accuracy": float("nan"), "colour_accuracy": float("nan")}
-    result = fidelity(images.float() * 2.0 - 1.0, [prompt.attributes] * images.shape[0], classifier)
+    signed = images.float() * 2.0 - 1.0
+    if cfg.fidelity_on_white:
+        masks = foreground_masks(signed, cfg.mask_threshold, cfg.mask_background)
+        signed = torch.where(masks[:, None], signed, torch.ones_like(signed))
+    result = fidelity(signed, [prompt.attributes] * images.shape[0], classifier)
     return {"category_accuracy": result["category_accuracy"], "colour_accuracy": result["colour_accuracy"]}
 
 
@@ -234,7 +240,7 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
                           "colour": prompt.colour, "in_split": prompt.in_split, "seed": seed,
                           "seconds": None if variant in REFERENCE_VARIANTS else seconds}
                 record.update(score_views(images, cameras, cfg))
-                record.update(_fidelity_record(images, prompt, classifier))
+                record.update(_fidelity_record(images, prompt, classifier, cfg))
                 objects.append(record)
                 if views_dir is not None:
                     _save_views(images, Path(views_dir) / variant / f"{p:02d}-s{seed}.png")

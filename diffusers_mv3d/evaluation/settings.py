@@ -141,6 +141,8 @@ class EvaluationConfig:
     """Views the reconstruction PSNR holds out (taken modulo views)."""
     mask_threshold: float = 0.05
     """Foreground when a channel differs from the background colour by more than this (foreground_masks)."""
+    fidelity_on_white: bool = True
+    """Classify views with their background (outside the foreground masks) made white, as the classifier's training renders (generated backgrounds are often tinted)."""
     mask_background: str = "border"
     """The background colour of foreground_masks: border (each view's border median; generated backgrounds are often tinted) or white."""
     hull_resolution: int = 64
