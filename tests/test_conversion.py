@@ -268,14 +268,17 @@ def test_training_section_sums_resumed_sessions_and_gives_the_reproducing_comman
     sessions = [[(10, 1.0, 60.0), (20, 2.0, 120.0)], [(30, 0.5, 30.0), (40, 1.5, 90.0)]]  # step, minutes, cpu s
     records = [{"step": step, "minutes": minutes, "cpu_seconds": cpu, "samples_per_s": 2.0, "peak_rss_mb": 100.0}
                for session in sessions for step, minutes, cpu in session]
+    records.insert(2, {"step": 20, "val_mse": 0.1})  # a validation record between logs: not a new session
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "checkpoints" / "checkpoint-000043").mkdir(parents=True)  # the final step, after the last log
+    (run / "checkpoints" / "checkpoint-000043" / "trainer_state.json").write_text("{}")
 
     card = "\n".join(training_section({"branch": str(run / "model"), "base": "owner/hub-model"}, "a test machine"))
     assert "a test machine" in card
-    assert f"| branch | `{data}` | 40 (of 20000) | 4 min | 0.1 h | 2.00 | 2 |" in card  # 2.0 + 1.5 min, 210 s
+    assert f"| branch | `{data}` | 43 (of 20000) | 4 min | 0.1 h | 2.00 | 2 |" in card  # 2.0 + 1.5 min, 210 s
     assert f"diffusers-mv3d render --split objects3d --num-objects 3 --resolution 32 --out {data}" in card
     command = next(line for line in card.splitlines() if line.startswith("diffusers-mv3d train "))
-    assert "--stop-at-step 40" in command and "--batch-size 4" in command
+    assert "--stop-at-step 43" in command and "--batch-size 4" in command
     assert "--resume" not in command and "--max-minutes" not in command
     assert training_section({"base": "owner/hub-model", "branch": None}) == []
 

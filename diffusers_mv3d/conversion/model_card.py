@@ -75,6 +75,10 @@ def render_command(data_dir: str) -> Optional[str]:
     return shlex.join(words)
 
 
+def _hours(value: float) -> str:
+    return "-" if value != value else f"{value:.1f} h"  # nan: not logged
+
+
 def training_section(sources: dict, machine: str = "") -> List[str]:
     """Model-card lines on how the components given as our trainers' output folders were trained.
 
@@ -83,6 +87,7 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
     ``OUTPUT_DIR/model``) gets a row: the command that reproduces its steps (``--stop-at-step``; the
     run may have been stopped and resumed with ``--max-minutes`` any number of times, resuming is
     exact), the data split, steps, wall and CPU time (:func:`run_summary`). Empty without such folders."""
+    from ..training.checkpointing import list_checkpoints
     from ..training.config import config_from_args
     from ..training.model_card import command_line, run_summary
 
@@ -95,6 +100,8 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
         program, config_class = _trainer_of(role)
         cfg = config_from_args(config_class, argparse.Namespace(config=str(run_dir / "config.yaml")))
         summary = run_summary(run_dir / "log.jsonl")
+        checkpoints = list_checkpoints(run_dir / "checkpoints")  # the last step, which the log may not reach
+        summary["step"] = max([summary.get("step", 0)] + [step for step, _ in checkpoints])
         session_fields = {"resume": None, "max_minutes": 0.0, "stop_at_step": summary["step"]}
         if hasattr(cfg, "num_threads"):
             session_fields["num_threads"] = 0
@@ -107,11 +114,11 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
     lines = ["## Training", "",
              "Each component below was trained by the project's own command on the project's own procedural data "
              "(`diffusers-mv3d render`, docs/data_format.md)" + (f", on {machine}" if machine else "") + ".", "",
-             "| component | data | steps (of the schedule) | wall time | CPU time | samples/s | sessions |",
+             "| component | data | steps (of the schedule) | wall time | CPU time | samples/s (images or objects) | sessions |",
              "|---|---|---|---|---|---|---|"]
     for role, _, data, summary, total in rows:
         lines.append(f"| {role} | `{data}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
-                     f"{summary['cpu_hours']:.1f} h | {summary['samples_per_s']:.2f} | {summary['sessions']} |")
+                     f"{_hours(summary['cpu_hours'])} | {summary['samples_per_s']:.2f} | {summary['sessions']} |")
     lines += ["", "Commands: the data, then each trainer (every setting that differs from its defaults, which "
               "equal `configs/*-tiny.yaml`):", "", "```bash"]
     lines += renders + [command for _, command, _, _, _ in rows] + ["```", ""]

@@ -120,7 +120,9 @@ def losses_from_log(log_path: Path, keys: Sequence[str]) -> Dict[str, float]:
 def run_summary(log_path: Path) -> Dict[str, float]:
     """Steps, wall minutes and CPU hours of a training run from its ``log.jsonl``, summed over the
     sessions it was resumed in (each session's clock starts at 0, so a drop in ``minutes`` starts a new
-    one). Figures are as of the last logged step; empty when there is no log."""
+    one; records without ``minutes``, such as validation scores, are skipped). Figures are as of the
+    last logged step (``cpu_hours`` is nan when the trainer does not log ``cpu_seconds``); empty when
+    there is no log."""
     import json
 
     if not Path(log_path).is_file():
@@ -128,21 +130,22 @@ def run_summary(log_path: Path) -> Dict[str, float]:
     sessions, last = [], None
     with open(log_path, encoding="utf-8") as handle:
         for line in handle:
-            if not line.strip():
+            record = json.loads(line) if line.strip() else {}
+            if "minutes" not in record:
                 continue
-            record = json.loads(line)
-            if last is None or record.get("minutes", 0.0) < last.get("minutes", 0.0):
+            if last is None or record["minutes"] < last["minutes"]:
                 sessions.append(record)
             sessions[-1] = record
             last = record
     if last is None:
         return {}
     rates = sorted(r["samples_per_s"] for r in sessions if "samples_per_s" in r)
+    cpu_logged = all("cpu_seconds" in r for r in sessions)
     return {
         "step": int(last["step"]),
         "sessions": len(sessions),
-        "wall_minutes": sum(r.get("minutes", 0.0) for r in sessions),
-        "cpu_hours": sum(r.get("cpu_seconds", 0.0) for r in sessions) / 3600.0,
+        "wall_minutes": sum(r["minutes"] for r in sessions),
+        "cpu_hours": sum(r["cpu_seconds"] for r in sessions) / 3600.0 if cpu_logged else float("nan"),
         "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in sessions),
         "samples_per_s": rates[len(rates) // 2] if rates else float("nan"),
     }
