@@ -104,7 +104,9 @@ def main():
 
     size = pipe.image_size
     print(f"## Sampling cost ({args.views} views, {size}x{size}, {args.steps} DDIM steps, CFG {args.guidance_scale})\n")
-    print(f"`python benchmarks/bench_cost.py {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in vars(args).items() if v not in (None, False))}`"
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                     for k, v in vars(args).items() if v not in (None, False))
+    print(f"`python benchmarks/bench_cost.py {flags}`"
           f" on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {date.today()}.\n")
     print(f"Parameters: unet {counts['unet'] / 1e6:.2f}M (frozen), controlnet {counts['controlnet'] / 1e6:.2f}M, "
           f"neus {counts['neus'] / 1e6:.3f}M.\n")

@@ -9,7 +9,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], object]) 
     """Call ``write(temporary_path)`` for a file in ``path``'s folder, then ``os.replace`` it onto ``path``.
 
     The temporary file keeps ``path``'s suffix (writers pick formats by it) and is removed if ``write``
-    fails. Returns ``path`` as a string.
+    fails. The file gets the permissions of a plain ``open(path, "w")`` (``0o666`` less the umask; an
+    existing ``path`` keeps its own), not the private ``0o600`` of a temporary file. Returns ``path``
+    as a string.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -19,9 +21,19 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], object]) 
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, _file_mode(path))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
     return path
+
+
+def _file_mode(path: str) -> int:
+    """The mode ``path`` has, or the one a new file gets (``0o666`` less the process umask)."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
