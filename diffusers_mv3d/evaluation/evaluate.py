@@ -12,6 +12,11 @@ views is generated (or, for the two references, rendered) at the default orbit c
   creativity kept);
 * the wall time of generating one object.
 
+Foreground masks take each view's border colour as its background (``--mask-background border``):
+generated backgrounds are often tinted rather than white, which against white would make every pixel
+foreground. The classifier sees the views with that background made white (``--fidelity-on-white``),
+as its training renders are.
+
 Variants (one flag value each, all on the same prompts, seeds and initial noise):
 
 =====================  ===========================================================================
