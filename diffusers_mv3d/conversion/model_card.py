@@ -111,13 +111,14 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
     if not rows:
         return []
     renders = sorted({command for command in (render_command(row[2]) for row in rows) if command})
+    data = " on the project's own procedural data (`diffusers-mv3d render`, docs/data_format.md)" if renders else ""
     lines = ["## Training", "",
-             "Each component below was trained by the project's own command on the project's own procedural data "
-             "(`diffusers-mv3d render`, docs/data_format.md)" + (f", on {machine}" if machine else "") + ".", "",
+             f"Each component below was trained by the project's own command{data}"
+             + (f", on {machine}" if machine else "") + ".", "",
              "| component | data | steps (of the schedule) | wall time | CPU time | samples/s (images or objects) | sessions |",
              "|---|---|---|---|---|---|---|"]
-    for role, _, data, summary, total in rows:
-        lines.append(f"| {role} | `{data}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
+    for role, _, data_dir, summary, total in rows:
+        lines.append(f"| {role} | `{data_dir}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
                      f"{_hours(summary['cpu_hours'])} | {summary['samples_per_s']:.2f} | {summary['sessions']} |")
     lines += ["", "Commands: the data, then each trainer (every setting that differs from its defaults, which "
               "equal `configs/*-tiny.yaml`):", "", "```bash"]
