@@ -63,7 +63,7 @@ from .common import (
     script_main,
     step_loader,
 )
-from .config import config_to_dict, flag_name
+from .config import config_to_dict
 from .loop import (
     check_common_settings,
     check_log_and_hub_settings,
@@ -77,7 +77,7 @@ from .loop import (
     write_run_config,
 )
 from .model_card import command_line, losses_from_log, write_model_card
-from .train_tunemv3d import Foundation, load_foundation
+from .train_tunemv3d import Foundation, load_foundation, load_foundation_for
 
 __all__ = [
     "BASELINE_FILE",
@@ -490,15 +490,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
-    foundation = load_foundation(cfg.pretrained_model, device)
-    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
-    if cfg.resolution % factor:
-        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
-                         "(the VAE factor x the UNet's downsampling)")
-    for t in cfg.validation_timesteps:
-        if t >= foundation.noise_scheduler.config.num_train_timesteps:
-            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
-                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
+    foundation = load_foundation_for(cfg, device)
     resume_from = resolve_resume(cfg)
 
     # 2. The trained UNet: fresh (from the foundation's), or the checkpoint's; text encoder (and VAE) stay frozen

@@ -85,6 +85,7 @@ __all__ = [
     "build_branch_from_unet",
     "build_neus",
     "load_foundation",
+    "load_foundation_for",
     "main",
     "render_losses",
     "training_losses",
@@ -384,6 +385,21 @@ def load_foundation(path: str, device: torch.device = torch.device("cpu")) -> Fo
             model.eval()
             model.to(device)
     return Foundation(unet, text_encoder, tokenizer, noise_scheduler, vae, str(path))
+
+
+def load_foundation_for(cfg, device: torch.device) -> Foundation:
+    """:func:`load_foundation` of ``cfg.pretrained_model``, after checking that ``cfg.resolution`` and
+    ``cfg.validation_timesteps`` fit it (a trainer's settings with those fields)."""
+    foundation = load_foundation(cfg.pretrained_model, device)
+    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
+    if cfg.resolution % factor:
+        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
+                         "(the VAE factor x the UNet's downsampling)")
+    for t in cfg.validation_timesteps:
+        if t >= foundation.noise_scheduler.config.num_train_timesteps:
+            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
+                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
+    return foundation
 
 
 # ----------------------------------------------------------------------------------------------
@@ -754,15 +770,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
-    foundation = load_foundation(cfg.pretrained_model, device)
-    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
-    if cfg.resolution % factor:
-        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
-                         "(the VAE factor x the UNet's downsampling)")
-    for t in cfg.validation_timesteps:
-        if t >= foundation.noise_scheduler.config.num_train_timesteps:
-            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
-                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
+    foundation = load_foundation_for(cfg, device)
     resume_from = resolve_resume(cfg)
 
     # 2. The trained models: fresh, or the weights of the checkpoint
