@@ -200,12 +200,12 @@ def test_learned_variance_matches_the_ddpm_scheduler_and_the_bound_vanishes_for_
     noise = torch.randn(4, 3, 8, 8, generator=generator)
     t = torch.tensor([3, 50, 400, 900])
     x_t = scheduler.add_noise(x0, noise, t)
-    # epsilon exact and v = -1 (the posterior variance): every KL term is 0
-    kl = vlb_bits_per_dim(terms, noise, -torch.ones_like(x0), x0, x_t, t)
+    # x0 exact and v = -1 (the posterior variance): every KL term is 0
+    kl = vlb_bits_per_dim(terms, x0, -torch.ones_like(x0), x0, x_t, t)
     assert kl.abs().max() < 1e-3
-    worse = vlb_bits_per_dim(terms, noise, torch.ones_like(x0), x0, x_t, t)
+    worse = vlb_bits_per_dim(terms, x0, torch.ones_like(x0), x0, x_t, t)
     assert (worse > kl).all()
-    nll = vlb_bits_per_dim(terms, noise, torch.zeros_like(x0), x0, scheduler.add_noise(x0, noise, t * 0), t * 0)
+    nll = vlb_bits_per_dim(terms, x0, torch.zeros_like(x0), x0, scheduler.add_noise(x0, noise, t * 0), t * 0)
     assert torch.isfinite(nll).all() and (nll > 0).all()
     loss, parts = diffusion_loss(torch.cat([noise, -torch.ones_like(x0)], 1), noise, x0, x_t, t, terms, 0.001)
     assert parts["mse"] == 0.0 and abs(loss.item()) < 1e-2

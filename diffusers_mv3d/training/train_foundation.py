@@ -127,9 +127,19 @@ class FoundationTrainConfig:
 
     # diffusion
     num_train_timesteps: int = 1000
-    """DDPM steps T (squaredcos_cap_v2 betas, epsilon prediction)."""
+    """DDPM steps T (squaredcos_cap_v2 betas)."""
+    prediction_type: str = "epsilon"
+    """What channels 0-2 of the UNet predict: epsilon or v_prediction (v = sqrt(abar) eps - sqrt(1 - abar) x0)."""
+    zero_terminal_snr: bool = False
+    """Rescale the betas so that the last timestep is pure noise (Lin et al. 2024, diffusers' rescale_betas_zero_snr); samplers then start at t = T - 1 (trailing spacing). Needs v_prediction."""
+    snr_gamma: float = 0.0
+    """Min-SNR-gamma loss weighting (Hang et al. 2023): each image's loss times min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v); 0 = unweighted."""
+    noise_offset: float = 0.0
+    """Offset noise: add this times a per-image, per-channel N(0, 1) constant to the training noise (teaches the model to change an image's mean colour); 0 = off."""
     vlb_weight: float = 0.001
-    """Weight lambda of the variational bound term that trains the learned variance (improved DDPM); 0 trains epsilon only and saves a fixed_small scheduler."""
+    """Weight lambda of the variational bound term that trains the learned variance (improved DDPM); 0 trains the prediction only and saves a fixed_small scheduler."""
+    init_from: Optional[str] = None
+    """Start a fresh run from the UNet, text encoder and tokenizer of this pipeline folder (e.g. pipelines/tunemv3d-tiny) instead of a random init; optimizer, schedule and EMA start anew. Ignored when resuming."""
 
     # UNet
     block_out_channels: Tuple[int, ...] = (32, 64, 128)
@@ -199,7 +209,13 @@ class FoundationTrainConfig:
         check(self.seed >= 0, "seed", "must be >= 0")
         check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         check(self.num_train_timesteps >= 2, "num_train_timesteps", "must be >= 2")
+        check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
+        check(not self.zero_terminal_snr or self.prediction_type == "v_prediction", "zero_terminal_snr",
+              f"needs {flag_name('prediction_type')} v_prediction (epsilon is undefined at zero SNR)")
+        check(self.snr_gamma >= 0, "snr_gamma", "must be >= 0")
+        check(self.noise_offset >= 0, "noise_offset", "must be >= 0")
         check(self.vlb_weight >= 0, "vlb_weight", "must be >= 0")
+        check(self.init_from is None or bool(self.init_from), "init_from", "must name a pipeline folder")
         check(levels >= 1 and all(c > 0 for c in self.block_out_channels), "block_out_channels", "must be positive channel counts")
         check(self.layers_per_block >= 1, "layers_per_block", "must be >= 1")
         check(0 <= self.attention_from_level <= levels, "attention_from_level", f"must be in [0, {levels}]")
@@ -274,15 +290,17 @@ def build_noise_scheduler(cfg: FoundationTrainConfig):
     return DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
+        prediction_type=cfg.prediction_type,
         variance_type="learned_range" if cfg.vlb_weight > 0 else "fixed_small",
         clip_sample=True,
         clip_sample_range=1.0,
-        # "leading" (IF's and diffusers' default): with "trailing" the last DDPM step is t > 0 with
-        # t_prev = -1, where diffusers' learned_range floor log(1e-20) meets a v slightly above 1 and
-        # adds noise of enormous variance (speckled samples); "trailing" also starts deterministic
-        # samplers at t = 999, where the capped cosine schedule's x_0 estimate is noise
-        timestep_spacing="leading",
+        rescale_betas_zero_snr=cfg.zero_terminal_snr,
+        # zero terminal SNR: samplers must start at t = T - 1, the pure-noise step ("trailing", Lin et
+        # al. 2024). Otherwise "leading" (IF's and diffusers' default): with "trailing" the last DDPM
+        # step is t > 0 with t_prev = -1, where diffusers' learned_range floor log(1e-20) meets a v
+        # slightly above 1 and adds noise of enormous variance (speckled samples), and deterministic
+        # samplers start at t = 999, where the capped cosine schedule's x_0 estimate is noise
+        timestep_spacing="trailing" if cfg.zero_terminal_snr else "leading",
     )
 
 
@@ -343,15 +361,45 @@ def model_log_variance(terms: DiffusionTerms, v: torch.Tensor, t: torch.Tensor) 
     return frac * terms.at("log_beta", t, v) + (1.0 - frac) * terms.at("posterior_log_var", t, v)
 
 
+def predicted_x0_and_eps(
+    terms: DiffusionTerms, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(x0, eps)`` implied by a model's ``prediction`` at ``x_t = a x0 + s eps`` (a = sqrt(abar), s = sqrt(1 - abar)).
+
+    epsilon: x0 = (x_t - s eps) / a; v_prediction (v = a eps - s x0): x0 = a x_t - s v, eps = s x_t + a v
+    (defined at zero SNR too, where a = 0).
+    """
+    a, s = terms.at("sqrt_abar", t, x_t), terms.at("sqrt_one_minus_abar", t, x_t)
+    if prediction_type == "v_prediction":
+        return a * x_t - s * prediction, s * x_t + a * prediction
+    return (x_t - s * prediction) / a, prediction
+
+
+def training_target(terms: DiffusionTerms, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
+    """What channels 0-2 learn to predict: the noise (epsilon) or v = a eps - s x0 (v_prediction)."""
+    if prediction_type == "v_prediction":
+        return terms.at("sqrt_abar", t, x0) * noise - terms.at("sqrt_one_minus_abar", t, x0) * x0
+    return noise
+
+
+def min_snr_weights(terms: DiffusionTerms, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-image loss weights [B] of min-SNR-gamma (Hang et al. 2023, eq. 12): min(SNR, gamma) / SNR for an
+    epsilon target, min(SNR, gamma) / (SNR + 1) for a v target (both equal gamma-clipped x0 weighting)."""
+    snr = (terms.sqrt_abar[t.cpu()] / terms.sqrt_one_minus_abar[t.cpu()]) ** 2
+    clipped = snr.clamp(max=gamma)
+    weights = clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
+    return weights.to(t.device, torch.float32)
+
+
 def vlb_bits_per_dim(
-    terms: DiffusionTerms, eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    terms: DiffusionTerms, x0_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """L_t of the variational bound per image [B], in bits per dimension.
 
     KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for t > 0; the decoder NLL -log p(x_0 | x_1) at t = 0.
+    ``x0_pred`` is the model's x_0 estimate, ``v`` its variance interpolation.
     """
-    # predicted x_0 from epsilon, then the posterior mean it implies
-    x0_pred = (x_t - terms.at("sqrt_one_minus_abar", t, x_t) * eps) / terms.at("sqrt_abar", t, x_t)
     model_mean = terms.at("posterior_mean_coef_x0", t, x_t) * x0_pred + terms.at("posterior_mean_coef_xt", t, x_t) * x_t
     model_log_var = model_log_variance(terms, v, t)
     true_mean = terms.at("posterior_mean_coef_x0", t, x_t) * x0 + terms.at("posterior_mean_coef_xt", t, x_t) * x_t
@@ -369,18 +417,25 @@ def diffusion_loss(
     t: torch.Tensor,
     terms: DiffusionTerms,
     vlb_weight: float,
+    prediction_type: str = "epsilon",
+    snr_gamma: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """Hybrid loss: mean ||eps - eps_theta||^2 + vlb_weight * T * mean L_t (epsilon detached in L_t).
+    """Hybrid loss: mean w_t ||target - prediction||^2 + vlb_weight * T * mean L_t (prediction detached in L_t).
 
-    ``model_output`` is [B, 6, H, W]: epsilon in channels 0-2, the variance interpolation v in 3-5.
+    ``model_output`` is [B, 6, H, W]: the prediction (epsilon or v) in channels 0-2, the variance
+    interpolation v in 3-5. ``w_t`` is 1, or min-SNR-gamma's weight when ``snr_gamma > 0``.
     """
-    eps, v = model_output.float().split(x0.shape[1], dim=1)  # (B, 3, H, W) each
-    mse = F.mse_loss(eps, noise.float())
+    prediction, v = model_output.float().split(x0.shape[1], dim=1)  # (B, 3, H, W) each
+    target = training_target(terms, x0.float(), noise.float(), t, prediction_type)
+    per_image = (prediction - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    mse = per_image.mean()
+    loss = (per_image * min_snr_weights(terms, t, snr_gamma, prediction_type)).mean() if snr_gamma > 0 else mse
     if vlb_weight <= 0:
-        return mse, {"mse": mse.item(), "vlb": 0.0}
+        return loss, {"mse": mse.item(), "vlb": 0.0}
     num_timesteps = terms.sqrt_abar.shape[0]
-    vlb = vlb_bits_per_dim(terms, eps.detach(), v, x0.float(), x_t.float(), t).mean()
-    return mse + vlb_weight * num_timesteps * vlb, {"mse": mse.item(), "vlb": vlb.item()}
+    x0_pred, _ = predicted_x0_and_eps(terms, prediction.detach(), x_t.float(), t, prediction_type)
+    vlb = vlb_bits_per_dim(terms, x0_pred, v, x0.float(), x_t.float(), t).mean()
+    return loss + vlb_weight * num_timesteps * vlb, {"mse": mse.item(), "vlb": vlb.item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,6 +602,33 @@ def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_sch
     return int(state["step"])
 
 
+def load_foundation_weights(folder: Path):
+    """``(tokenizer, text_encoder, unet)`` from the tokenizer/, text_encoder/ and unet/ subfolders of a
+    checkpoint or pipeline folder (an IFPipeline folder, or a TuneMV3D pipeline's frozen foundation)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    missing = [name for name in ("tokenizer", "text_encoder", "unet") if not (folder / name).is_dir()]
+    if missing:
+        raise ValueError(f"{folder}: no {', '.join(name + '/' for name in missing)} folder (expected a foundation "
+                         "pipeline or checkpoint folder with tokenizer/, text_encoder/ and unet/)")
+    return (PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer"),
+            CLIPTextModel.from_pretrained(folder / "text_encoder"),
+            UNet2DConditionModel.from_pretrained(folder / "unet"))
+
+
+def check_init_architecture(cfg: FoundationTrainConfig, unet, text_encoder) -> None:
+    """``--init-from`` weights must have the shapes the settings describe (a fresh model of ``cfg``)."""
+    expected = {"sample_size": cfg.resolution, "block_out_channels": list(cfg.block_out_channels),
+                "layers_per_block": cfg.layers_per_block, "cross_attention_dim": cfg.text_hidden_size}
+    found = {key: list(value) if isinstance(value, (list, tuple)) else value
+             for key, value in ((key, unet.config[key]) for key in expected)}
+    found["text_hidden_size"], expected["text_hidden_size"] = text_encoder.config.hidden_size, cfg.text_hidden_size
+    if found != expected:
+        raise ValueError(f"{flag_name('init_from')} {cfg.init_from!r}: its weights have {found}, the settings "
+                         f"describe {expected}")
+
+
 def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str], count: int = 8) -> List[str]:
     if cfg.validation_prompts:
         return list(cfg.validation_prompts)
@@ -574,11 +656,9 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
 
 def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     from accelerate import Accelerator
-    from diffusers import UNet2DConditionModel
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
     from ..data.dataset import ImageTextDataset
 
@@ -597,16 +677,17 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     resume_from = resolve_resume(cfg)
 
     # 2. Models: fresh, or the weights of the checkpoint
-    if resume_from is None:
+    if resume_from is not None:
+        check_architecture(cfg, resume_from)
+        tokenizer, text_encoder, unet = load_foundation_weights(resume_from)
+    elif cfg.init_from:
+        tokenizer, text_encoder, unet = load_foundation_weights(Path(cfg.init_from))
+        check_init_architecture(cfg, unet, text_encoder)
+    else:
         torch.manual_seed(cfg.seed)
         tokenizer = train_word_tokenizer(captions)
         text_encoder = build_text_encoder(tokenizer, cfg.text_hidden_size, cfg.text_layers, cfg.text_heads)
         unet = build_unet(cfg)
-    else:
-        check_architecture(cfg, resume_from)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(resume_from / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(resume_from / "text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(resume_from / "unet")
     noise_scheduler = build_noise_scheduler(cfg)
     terms = DiffusionTerms(noise_scheduler.alphas_cumprod)
     unet.train()
@@ -683,14 +764,18 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
         drop = torch.rand(len(batch["caption"]), generator=generator) < cfg.caption_dropout
         captions_in = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"])]
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
+        noise = torch.randn(x0.shape, generator=generator)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=generator)
+        noise = noise.to(accelerator.device)
         t = t.to(accelerator.device)
         x_t = noise_scheduler.add_noise(x0, noise, t)  # sqrt(abar) x0 + sqrt(1 - abar) eps
 
         with accelerator.autocast():
             text_embeddings = encode_prompts(tokenizer, text_encoder, captions_in)  # (b, 77, D)
             model_output = unet(x_t, t, encoder_hidden_states=text_embeddings).sample  # (b, 6, H, W)
-        loss, parts = diffusion_loss(model_output, noise, x0, x_t, t, terms, cfg.vlb_weight)
+        loss, parts = diffusion_loss(model_output, noise, x0, x_t, t, terms, cfg.vlb_weight, cfg.prediction_type,
+                                     cfg.snr_gamma)
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
