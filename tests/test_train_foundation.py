@@ -27,8 +27,11 @@ from diffusers_mv3d.training.train_foundation import (
     global_batch_indices,
     latest_checkpoint,
     main,
+    min_snr_weights,
     model_log_variance,
+    predicted_x0_and_eps,
     save_checkpoint,
+    training_target,
     vlb_bits_per_dim,
 )
 from diffusers_mv3d.training.text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
@@ -140,6 +143,10 @@ def test_flags_from_dataclass_defaults_file_and_overrides(tmp_path):
         ("mixed_precision", "fp8", "--mixed-precision"),
         ("text_heads", 3, "--text-heads"),
         ("attention_from_level", 4, "--attention-from-level"),
+        ("zero_terminal_snr", True, "--zero-terminal-snr"),  # with epsilon prediction
+        ("prediction_type", "sample", "--prediction-type"),
+        ("snr_gamma", -1.0, "--snr-gamma"),
+        ("noise_offset", -0.1, "--noise-offset"),
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -211,6 +218,43 @@ def test_learned_variance_matches_the_ddpm_scheduler_and_the_bound_vanishes_for_
     assert parts["mse"] == 0.0 and abs(loss.item()) < 1e-2
 
 
+def test_v_prediction_target_recovers_x0_and_noise_at_every_timestep_with_zero_terminal_snr():
+    cfg = FoundationTrainConfig(prediction_type="v_prediction", zero_terminal_snr=True)
+    scheduler = build_noise_scheduler(cfg)
+    assert scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-12)  # pure noise at t = T - 1
+    assert scheduler.config.timestep_spacing == "trailing"
+    terms = DiffusionTerms(scheduler.alphas_cumprod)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 8, 8, generator=generator) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=generator)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = scheduler.add_noise(x0, noise, t)
+    target = training_target(terms, x0, noise, t, "v_prediction")
+    torch.testing.assert_close(target, scheduler.get_velocity(x0, noise, t), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target[3], -x0[3])  # at zero SNR v is -x0: the model learns the image mean
+    x0_back, noise_back = predicted_x0_and_eps(terms, target, x_t, t, "v_prediction")
+    torch.testing.assert_close(x0_back.float(), x0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(noise_back.float(), noise, rtol=1e-5, atol=1e-5)
+    # the hybrid loss of a perfect v model: zero MSE and finite everywhere, the last timestep included
+    loss, parts = diffusion_loss(torch.cat([target, -torch.ones_like(x0)], 1), noise, x0, x_t, t, terms, 0.001,
+                                 "v_prediction", snr_gamma=5.0)
+    assert parts["mse"] < 1e-10 and torch.isfinite(loss)
+
+
+def test_min_snr_weights_clip_the_snr_at_gamma():
+    terms = DiffusionTerms(build_noise_scheduler(FoundationTrainConfig()).alphas_cumprod)
+    t = torch.tensor([0, 100, 500, 900])
+    snr = (terms.sqrt_abar[t] / terms.sqrt_one_minus_abar[t]) ** 2
+    assert snr[0] > 5 > snr[3]
+    eps_weights = min_snr_weights(terms, t, 5.0, "epsilon")
+    torch.testing.assert_close(eps_weights, (snr.clamp(max=5.0) / snr).float())
+    assert eps_weights[3] == 1.0 and eps_weights[0] < 0.01  # noisy steps keep weight 1, nearly clean ones lose it
+    v_weights = min_snr_weights(terms, t, 5.0, "v_prediction")
+    torch.testing.assert_close(v_weights, (snr.clamp(max=5.0) / (snr + 1)).float())
+    # a huge gamma is plain MSE on epsilon
+    torch.testing.assert_close(min_snr_weights(terms, t, 1e12, "epsilon"), torch.ones(4))
+
+
 def test_batch_order_is_a_function_of_seed_and_step():
     first = [global_batch_indices(step, 4, 6, seed=0) for step in range(3)]
     assert sorted(first[0] + first[1][:2]) == list(range(6))  # one epoch is a permutation
@@ -276,6 +320,31 @@ def test_train_three_steps_writes_a_pipeline_folder_that_ifpipeline_loads(data_d
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     images = pipe("a blue ball", num_inference_steps=2, guidance_scale=3.0, output_type="np", clean_caption=False).images
     assert np.isfinite(images).all()
+
+
+def test_a_v_prediction_run_starts_from_an_init_from_folder_and_saves_its_scheduler(data_dir, tmp_path):
+    from diffusers import DDPMScheduler
+
+    first = main(FoundationTrainConfig(**{**tiny_settings(data_dir, tmp_path / "first"), "validation_steps": 0}))
+    init = Path(first["pipeline"])
+    settings = {**tiny_settings(data_dir, tmp_path / "v"), "max_train_steps": 1, "learning_rate": 1e-12,
+                "validation_steps": 1, "prediction_type": "v_prediction", "zero_terminal_snr": True,
+                "snr_gamma": 5.0, "noise_offset": 0.1, "init_from": str(init)}
+    summary = main(FoundationTrainConfig(**settings))
+    assert summary["step"] == 1 and np.isfinite(summary["loss"])
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "v" / "pipeline" / "scheduler")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert scheduler.config.timestep_spacing == "trailing"
+    # the weights are the init folder's (a learning rate of 1e-12 leaves them where they started)
+    before = weights(init / "unet" / "diffusion_pytorch_model.safetensors")
+    after = weights(tmp_path / "v" / "checkpoints" / "checkpoint-000001" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(before[name], after[name], atol=1e-6) for name in before)
+    assert (tmp_path / "v" / "samples" / "step-000001.png").is_file()  # sampling with v and trailing spacing
+
+    with pytest.raises(ValueError, match="--init-from"):  # weights of another shape
+        main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "bad"), "text_hidden_size": 32}))
+    with pytest.raises(ValueError, match="unet/"):  # not a pipeline folder
+        main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "bad2"), "init_from": str(tmp_path)}))
 
 
 def test_stop_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):

@@ -475,10 +475,13 @@ def sample_ddim(
     num_inference_steps: int = 50,
     guidance_scale: float = 3.0,
     generator: Optional[torch.Generator] = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """DDIM (eta = 0) with classifier-free guidance; returns images [N, 3, H, W] in [-1, 1].
+    """DDIM with classifier-free guidance; returns images [N, 3, H, W] in [-1, 1].
 
-    Uses channels 0-2 (epsilon) of the UNet output; the learned variance is not needed by DDIM.
+    Uses channels 0-2 (epsilon or v, as the scheduler config says) of the UNet output; the learned
+    variance is not needed by DDIM. ``eta`` is DDIM's stochasticity (0: deterministic; its noise comes
+    from ``generator`` too).
     """
     from diffusers import DDIMScheduler
 
@@ -497,11 +500,11 @@ def sample_ddim(
     scheduler.set_timesteps(num_inference_steps, device=device)
     for t in scheduler.timesteps:
         model_in = torch.cat([x, x]) if do_cfg else x
-        eps = unet(model_in, t, encoder_hidden_states=cond).sample[:, :channels]
+        prediction = unet(model_in, t, encoder_hidden_states=cond).sample[:, :channels]
         if do_cfg:
-            eps_uncond, eps_text = eps.chunk(2)
-            eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
-        x = scheduler.step(eps, t, x).prev_sample
+            pred_uncond, pred_text = prediction.chunk(2)
+            prediction = pred_uncond + guidance_scale * (pred_text - pred_uncond)
+        x = scheduler.step(prediction, t, x, eta=eta, generator=generator).prev_sample
     return x.clamp(-1, 1)
 
 
