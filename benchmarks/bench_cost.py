@@ -53,7 +53,7 @@ def plain_unet_seconds(pipe: TuneMV3DPipeline, views: int, steps: int, guidance_
     x = torch.randn(views, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     with torch.no_grad():
-        text = torch.cat([pipe.encode_prompt([""], "cpu"), pipe.encode_prompt(["a red chair"], "cpu")])
+        text = torch.cat(pipe.encode_prompt("a red chair", "cpu")[::-1])
         text = text.repeat_interleave(views, 0)
         for t in scheduler.timesteps:
             noise = pipe.unet(torch.cat([x, x]), t, text).sample[:, : x.shape[1]]

@@ -8,14 +8,19 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import PIL.Image
 
 from .io_utils import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_DEFAULT = REPO_ROOT / "pipelines" / "tunemv3d-tiny"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# the embedded default: inside the installed package (setup.py copies it there when building a wheel
+# or a plain `pip install .`), or in the source tree's pipelines/ (editable installs, a checkout)
+EMBEDDED_DEFAULT_CANDIDATES = (PACKAGE_DIR / "default_pipeline", REPO_ROOT / "pipelines" / "tunemv3d-tiny")
+EMBEDDED_DEFAULT = next((p for p in EMBEDDED_DEFAULT_CANDIDATES if (p / "model_index.json").is_file()),
+                        EMBEDDED_DEFAULT_CANDIDATES[-1])
 
 
 def view_grid(images: List[PIL.Image.Image], columns: Optional[int] = None) -> PIL.Image.Image:
@@ -35,11 +40,47 @@ def resolve_model(model: Optional[str]) -> str:
     if model:
         return model
     if not (EMBEDDED_DEFAULT / "model_index.json").exists():
-        raise SystemExit(
-            f"the embedded default model is missing at {EMBEDDED_DEFAULT}; pass --model DIR-or-Hub-id "
-            "(docs/training.md shows how to train it)"
+        raise ValueError(
+            f"the embedded default model is missing (looked in {', '.join(map(str, EMBEDDED_DEFAULT_CANDIDATES))}); "
+            "pass --model DIR-or-Hub-id (docs/training.md shows how to train it)"
         )
     return str(EMBEDDED_DEFAULT)
+
+
+def check_orbit(views: Optional[int], elevation: Optional[float], azimuths: Optional[Sequence[float]]):
+    """Validate the cameras a generate call asks for: ``views`` evenly spaced azimuths (8 by default), or
+    one view per angle of ``azimuths``, at ``elevation`` degrees (20 by default).
+
+    Returns ``(num_views, orbit)``: ``orbit`` is ``(elevation, azimuths)`` for :func:`orbit_cameras`,
+    or None for the pipeline's default orbit (neither ``elevation`` nor ``azimuths`` given)."""
+    from .cameras import DEFAULT_ELEVATION, DEFAULT_NUM_VIEWS
+
+    if azimuths is not None:
+        azimuths = [float(a) for a in azimuths]
+        if not azimuths:
+            raise ValueError("--azimuths needs at least one angle (degrees)")
+        if views is not None and views != len(azimuths):
+            raise ValueError(f"--views {views} disagrees with the {len(azimuths)} --azimuths given (leave --views out)")
+        views = len(azimuths)
+    views = DEFAULT_NUM_VIEWS if views is None else views
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ValueError(f"--views must be a whole number >= 1, got {views!r}")
+    if elevation is not None and not -89.0 <= float(elevation) <= 89.0:
+        raise ValueError(f"--elevation must lie in [-89, 89] degrees, got {elevation}")
+    if elevation is None and azimuths is None:
+        return views, None
+    elevation = DEFAULT_ELEVATION if elevation is None else float(elevation)
+    return views, (elevation, azimuths or [i * 360.0 / views for i in range(views)])
+
+
+def orbit_cameras(orbit, resolution: int):
+    """``Cameras`` of an ``orbit`` from :func:`check_orbit` (radius and field of view as the default cameras)."""
+    import torch
+
+    from .cameras import Cameras
+
+    elevation, azimuths = orbit
+    return Cameras.orbit(elevation, torch.tensor(azimuths, dtype=torch.float32), height=resolution)
 
 
 def load_pipeline(model: Optional[str] = None):
@@ -53,7 +94,7 @@ def generate(
     prompt: str,
     out: Path,
     model: Optional[str] = None,
-    views: int = 8,
+    views: Optional[int] = None,
     steps: int = 50,
     seed: int = 0,
     image: Optional[Path] = None,
@@ -64,33 +105,56 @@ def generate(
     mesh: bool = True,
     mesh_resolution: int = 64,
     turntable_frames: int = 24,
+    elevation: Optional[float] = None,
+    azimuths: Optional[Sequence[float]] = None,
     pipe=None,
+    step_callback: Optional[Callable[[int, int], None]] = None,
 ) -> dict:
     """Run the pipeline and write ``view_XX.png``, ``views.png``, ``cameras.json``, ``mesh.glb`` and
-    ``turntable.gif`` into ``out``. Returns ``{name: path}`` of what was written and the timing.
+    ``turntable.gif`` into ``out`` (files of an earlier run there that this one does not write are
+    removed). Returns ``{"files": {name: path}, "seconds": sampling time, "views": V}``.
 
+    ``views`` / ``elevation`` / ``azimuths``: the orbit of the cameras (:func:`check_orbit`).
     ``pipe``: an already loaded pipeline (the demo loads one for all its requests); ``model`` is then
-    unused. Otherwise the pipeline at ``model`` is loaded (:func:`load_pipeline`)."""
+    unused. Otherwise the pipeline at ``model`` is loaded (:func:`load_pipeline`).
+    ``step_callback(done, total)`` is called after every denoising step (the demo's progress bar).
+
+    Raises:
+        ValueError: bad arguments (named as the command line's flags), checked before the model loads.
+    """
     import torch
 
     from .mesh import export_mesh, save_turntable_gif
     from .mesh import turntable_frames as render_turntable
 
-    if views < 1:
-        raise SystemExit(f"--views must be >= 1, got {views}")
-    if steps < 1:
-        raise SystemExit(f"--steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps must be a whole number >= 1, got {steps!r}")
     if image is not None and not Path(image).is_file():
-        raise SystemExit(f"--image {image} is not a file")
-    if pipe is None:
-        pipe = load_pipeline(model)
+        raise ValueError(f"--image {image} is not a file")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    views, orbit = check_orbit(views, elevation, azimuths)
     reference = None
     if image is not None:
-        reference = PIL.Image.open(image).convert("RGBA").resize((pipe.image_size, pipe.image_size), PIL.Image.BICUBIC)
+        try:
+            reference = PIL.Image.open(image).convert("RGBA")
+        except (OSError, PIL.UnidentifiedImageError) as error:
+            raise ValueError(f"--image {image} is not an image PIL can read ({error})") from error
+    if pipe is None:
+        pipe = load_pipeline(model)
+    cameras = orbit_cameras(orbit, pipe.image_size) if orbit is not None else None
+    if reference is not None:
+        reference = reference.resize((pipe.image_size, pipe.image_size), PIL.Image.BICUBIC)
+
+    def on_step_end(_pipe, index, _t, callback_kwargs):
+        step_callback(index + 1, steps)
+        return callback_kwargs
+
     start = time.perf_counter()
     result = pipe(
         prompt or None,
         num_views=views,
+        cameras=cameras,
         image=reference,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
@@ -100,6 +164,7 @@ def generate(
         generator=torch.Generator().manual_seed(seed),
         return_mesh=mesh,
         mesh_resolution=mesh_resolution,
+        callback_on_step_end=on_step_end if step_callback is not None else None,
     )
     seconds = time.perf_counter() - start
 
@@ -118,7 +183,16 @@ def generate(
         written["mesh"] = Path(export_mesh(result.mesh, out / "mesh.glb"))
         frames = render_turntable(result.mesh, num_frames=turntable_frames, resolution=128)
         written["turntable"] = Path(save_turntable_gif(frames, out / "turntable.gif"))
-    return {"files": written, "seconds": seconds}
+    _remove_stale_outputs(out, set(written.values()))
+    return {"files": written, "seconds": seconds, "views": views}
+
+
+def _remove_stale_outputs(out: Path, written: set) -> None:
+    """Delete the files an earlier generate run left in ``out`` that this run did not rewrite."""
+    ours = [*out.glob("view_*.png"), out / "views.png", out / "cameras.json", out / "mesh.glb", out / "turntable.gif"]
+    for path in ours:
+        if path.is_file() and path not in written:
+            path.unlink()
 
 
 def add_parser(subparsers) -> None:
@@ -128,7 +202,10 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("prompt", nargs="?", default="", help="caption of the object (may be empty with --image)")
-    parser.add_argument("--views", type=int, default=8, help="views around the object")
+    parser.add_argument("--views", type=int, default=None, help="views around the object (default: 8, or one per --azimuths angle)")
+    parser.add_argument("--elevation", type=float, default=None, help="camera elevation in degrees (default: 20)")
+    parser.add_argument("--azimuths", type=float, nargs="+", default=None, metavar="DEG",
+                        help="camera azimuths in degrees, one view each (default: --views angles evenly spaced)")
     parser.add_argument("--steps", type=int, default=50, help="denoising steps")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--image", type=Path, default=None, help="reference image for view 0 (image-to-multiview)")
@@ -145,16 +222,17 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.prompt and args.image is None:
-        raise SystemExit("give a prompt, or --image for image-to-multiview")
+        raise ValueError("give a prompt, or --image for image-to-multiview")
     result = generate(
         args.prompt, args.out, model=args.model, views=args.views, steps=args.steps, seed=args.seed,
         image=args.image, guidance_scale=args.guidance_scale, consistency_ratio=args.consistency_ratio,
         consistency_scale=args.consistency_scale, eta=args.eta, mesh=not args.no_mesh, mesh_resolution=args.mesh_resolution,
+        elevation=args.elevation, azimuths=args.azimuths,
     )
-    files = result["files"]
-    print(f"generated {args.views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")
+    files, views = result["files"], result["views"]
+    print(f"generated {views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")
     for name in ("views", "cameras", "mesh", "turntable"):
         if name in files:
             print(f"  {files[name]}")
-    print(f"  view_00.png ... view_{args.views - 1:02d}.png")
+    print(f"  view_00.png ... view_{views - 1:02d}.png")
     return 0

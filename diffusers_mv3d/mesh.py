@@ -208,11 +208,18 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 def export_mesh(mesh: trimesh.Trimesh, path: Union[str, os.PathLike]) -> str:
     """Write ``mesh`` (with its vertex colours) to ``path``: .glb, .obj or .ply by suffix, atomically.
 
-    Returns the path. Raises ``ValueError`` naming the path for any other suffix.
+    A .glb is written +y up, as the glTF specification says (viewers then show the object upright;
+    :func:`~diffusers_mv3d.data.render.load_mesh` turns it back to the world's +z up); .obj and .ply
+    keep the world's coordinates (+z up). Returns the path. Raises ``ValueError`` naming the path for
+    any other suffix.
     """
+    from .data.render import to_gltf_axes
+
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in MESH_SUFFIXES:
         raise ValueError(f"cannot export a mesh to {os.fspath(path)!r}: the suffix must be one of {MESH_SUFFIXES}")
+    if suffix == ".glb":
+        mesh = to_gltf_axes(mesh)
     return atomic_write(path, lambda temporary: mesh.export(temporary, file_type=suffix[1:]))
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from diffusers_mv3d.cameras import Cameras, default_cameras
 from diffusers_mv3d.data import ImageTextDataset, MultiViewDataset, collate_multiview, render_views
 from diffusers_mv3d.data.format import ObjectFolderError
+from diffusers_mv3d.data.render import UP_AXIS_ROTATIONS
 from diffusers_mv3d.data.render_dataset import RenderConfig, render
 
 
@@ -62,6 +63,7 @@ def test_multiview_item_shapes_values_and_cameras(rendered):
     assert "chair" in item["caption"] and item["object_id"].startswith("000000-chair")
     # the mask is what the renderer sees from those cameras: coverage >= 0.5
     mesh = trimesh.load(os.path.join(rendered[0], item["object_id"], "mesh.glb"), force="mesh")
+    mesh.vertices = mesh.vertices @ UP_AXIS_ROTATIONS["+y"].T  # stored +y up (glTF): back to the world's +z up
     again = render_views(mesh, item["supervision_cameras"], antialias=2)
     assert torch.equal(torch.from_numpy(again.rgba[..., 3] >= 0.5).float(), item["supervision_masks"][:, 0])
 

@@ -160,9 +160,39 @@ def test_user_meshes_are_normalised_and_rendered(tmp_path):
 
 
 def test_glb_round_trip_renders_the_same(tmp_path):
+    from diffusers_mv3d.mesh import export_mesh
+
     obj = generate_object("car", 2)
-    obj.mesh.export(tmp_path / "car.glb")
+    export_mesh(obj.mesh, tmp_path / "car.glb")
     cameras = default_cameras(4, 32)
     original, reloaded = render_views(obj.mesh, cameras), render_views(load_mesh(str(tmp_path / "car.glb")), cameras)
     assert np.abs(original.rgba - reloaded.rgba).mean() < 0.01
     assert np.abs(original.depth - reloaded.depth).max() < 1e-4
+
+
+def _column_along(axis: int) -> trimesh.Trimesh:
+    """A box 0.2 x 0.2 wide and 1.6 long along ``axis`` (0 x, 1 y, 2 z)."""
+    extents = [0.2, 0.2, 0.2]
+    extents[axis] = 1.6
+    return trimesh.creation.box(extents=extents)
+
+
+def test_gltf_files_are_stood_upright_and_other_formats_take_an_up_axis(tmp_path):
+    _column_along(1).export(tmp_path / "column.glb")  # +y up, as glTF files are
+    upright = load_mesh(str(tmp_path / "column.glb"))
+    assert np.argmax(upright.extents) == 2  # long along the world's +z
+    as_stored = load_mesh(str(tmp_path / "column.glb"), up_axis="+z")
+    assert np.argmax(as_stored.extents) == 1
+    _column_along(0).export(tmp_path / "lying.obj")
+    assert np.argmax(load_mesh(str(tmp_path / "lying.obj")).extents) == 0  # .obj: no convention, kept
+    assert np.argmax(load_mesh(str(tmp_path / "lying.obj"), up_axis="-x").extents) == 2
+    # which end goes up: a cone whose tip is at +y in the file has its tip at +z in the world
+    cone = trimesh.creation.cone(radius=0.3, height=1.0)  # tip on +z
+    cone.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))  # tip now on +y
+    assert cone.vertices[:, 1].max() > 0.9
+    cone.export(tmp_path / "cone.glb")
+    loaded = load_mesh(str(tmp_path / "cone.glb"))
+    tip = loaded.vertices[np.argmax(np.linalg.norm(loaded.vertices - loaded.vertices.mean(0), axis=1))]
+    assert tip[2] > 0.5 and abs(tip[0]) < 0.1 and abs(tip[1]) < 0.1
+    with pytest.raises(ValueError, match="--up-axis"):
+        load_mesh(str(tmp_path / "cone.glb"), up_axis="up")

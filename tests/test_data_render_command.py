@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import trimesh
 from PIL import Image
@@ -109,3 +110,28 @@ def test_console_script_runs_the_command(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["mesh_dir"] == str(tmp_path)
+
+
+def test_mesh_dir_renders_a_y_up_glb_upright(tmp_path, capfd):
+    """A +y-up glb (a tall column, as glTF stores it) renders standing; --up-axis +z lays it down."""
+    import trimesh
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.box(extents=[0.2, 1.6, 0.2]).export(meshes / "column.glb")
+
+    def silhouette_height_over_width(out):
+        dataset = MultiViewDataset(out, num_input_views=1, num_supervision_views=0)
+        mask = dataset[0]["masks"][0, 0].numpy() > 0.5  # view 0: elevation 20, azimuth 0
+        rows, cols = np.nonzero(mask)
+        return (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1)
+
+    base = ["render", "--mesh-dir", str(meshes), "--resolution", "32", "--num-views", "1", "--num-input-views", "1",
+            "--workers", "1", "--no-mesh"]
+    assert main(base + ["--out", str(tmp_path / "upright")]) == 0
+    assert silhouette_height_over_width(str(tmp_path / "upright")) > 3  # standing
+    assert main(base + ["--out", str(tmp_path / "as-stored"), "--up-axis", "+z"]) == 0
+    assert silhouette_height_over_width(str(tmp_path / "as-stored")) < 1  # lying on its side
+    capfd.readouterr()
+    assert main(base + ["--out", str(tmp_path / "upright"), "--up-axis", "+z"]) == 2  # a resume must keep the axis
+    assert "up_axis" in capfd.readouterr().err

@@ -7,8 +7,11 @@ import PIL.Image
 import pytest
 import trimesh
 
+import torch
+
+from diffusers_mv3d import Cameras
 from diffusers_mv3d.cli import main
-from diffusers_mv3d.generate import view_grid
+from diffusers_mv3d.generate import generate, view_grid
 from dummies import randomize_branch, tiny_pipeline
 
 
@@ -46,11 +49,46 @@ def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_pa
     assert not (out / "mesh.glb").exists()
 
 
-def test_generate_bad_arguments_exit_with_a_message(model_dir, tmp_path):
-    with pytest.raises(SystemExit, match="--views"):
-        main(["generate", "a mug", "--model", str(model_dir), "--views", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--image"):
-        main(["generate", "--image", str(tmp_path / "missing.png"), "--model", str(model_dir), "--out", str(tmp_path)])
+def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(model_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["a mug", "--views", "0"], "--views"),
+        (["--image", str(tmp_path / "missing.png")], "--image"),
+        (["--image", str(tmp_path / "notes.txt")], "--image"),
+        (["a mug", "--steps", "0"], "--steps"),
+        (["a mug", "--azimuths", "0", "90", "--views", "3"], "--azimuths"),
+        (["a mug", "--elevation", "95"], "--elevation"),
+        (["a mug", "--out", str(tmp_path / "a-file")], "--out"),
+        ([""], "prompt"),
+    ]
+    for argv, flag in cases:
+        out = ["--out", str(tmp_path / "out")] if "--out" not in argv else []
+        assert main(["generate", *argv, "--model", str(model_dir), *out]) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("diffusers-mv3d generate: error:") and flag in error and "Traceback" not in error
+    with pytest.raises(ValueError, match="--views"):  # the library raises; only the CLI turns it into a message
+        generate("a mug", tmp_path / "lib", model=str(model_dir), views=0)
+
+
+def test_chosen_elevation_and_azimuths_reach_the_cameras(model_dir, tmp_path):
+    out = tmp_path / "orbit"
+    assert main(["generate", "a red chair", "--model", str(model_dir), "--elevation", "30", "--azimuths", "0", "90", "180",
+                 "--steps", "1", "--out", str(out), "--no-mesh"]) == 0
+    assert sorted(p.name for p in out.glob("view_*.png")) == ["view_00.png", "view_01.png", "view_02.png"]
+    cameras = Cameras.from_dict(json.loads((out / "cameras.json").read_text()))
+    expected = Cameras.orbit(30.0, [0.0, 90.0, 180.0], height=16)
+    assert torch.allclose(cameras.world_to_camera, expected.world_to_camera, atol=1e-5)
+
+
+def test_generating_again_into_the_same_folder_leaves_no_stale_files(model_dir, tmp_path):
+    out = tmp_path / "again"
+    assert main(["generate", "a blue mug", "--model", str(model_dir), "--views", "4", "--steps", "1", "--out", str(out),
+                 "--mesh-resolution", "16"]) == 0
+    (out / "notes.txt").write_text("mine")  # not a generate output: kept
+    assert main(["generate", "a blue mug", "--model", str(model_dir), "--views", "2", "--steps", "1", "--out", str(out),
+                 "--no-mesh"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cameras.json", "notes.txt", "view_00.png", "view_01.png", "views.png"]
 
 
 def test_console_script_runs_in_a_subprocess(model_dir, tmp_path):

@@ -89,7 +89,7 @@ def test_fresh_branch_equals_the_frozen_unet_alone(latent, eta):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=generator).flatten(0, 1)
     with torch.no_grad():
-        text = torch.cat([pipe.encode_prompt([""], "cpu"), pipe.encode_prompt(["a red chair with armrests"], "cpu")])
+        text = torch.cat(pipe.encode_prompt("a red chair with armrests", "cpu")[::-1])
         text = text.repeat_interleave(4, 0)
         for t in scheduler.timesteps:
             noise = pipe.unet(torch.cat([x, x]), t, text).sample
@@ -121,6 +121,88 @@ def test_callback_on_step_end_sees_every_step(pipe):
     assert seen == list(range(STEPS))
 
 
+def test_prompt_embeds_from_encode_prompt_give_the_prompts_images_without_a_text_encoder(pipe):
+    prompt_embeds, negative_prompt_embeds = pipe.encode_prompt("a red chair with armrests", "cpu", num_images_per_prompt=2)
+    assert prompt_embeds.shape[0] == negative_prompt_embeds.shape[0] == 2 and prompt_embeds.dim() == 3
+    assert pipe.encode_prompt("a mug", "cpu", do_classifier_free_guidance=False)[1] is None
+    # a pipeline built without text encoder and tokenizer (diffusers builds such pipelines in its own tests)
+    parts = {**pipe.components, "text_encoder": None, "tokenizer": None}
+    without_text = TuneMV3DPipeline(**parts)
+    without_text.set_progress_bar_config(disable=True)
+    expected = run(pipe, num_images_per_prompt=2).images
+    got = run(without_text, prompt=None, prompt_embeds=prompt_embeds[:1], negative_prompt_embeds=negative_prompt_embeds[:1],
+              num_images_per_prompt=2).images
+    assert np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="prompt_embeds"):  # it cannot encode text itself
+        run(without_text)
+    with pytest.raises(ValueError, match="not both"):
+        run(pipe, prompt_embeds=prompt_embeds)
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        run(pipe, prompt=None, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds[:1])
+
+
+def test_a_pipeline_with_no_scheduler_or_branch_can_still_encode_prompts(pipe):
+    text_only = TuneMV3DPipeline(**{name: (c if name in ("text_encoder", "tokenizer") else None)
+                                    for name, c in pipe.components.items()})
+    embeds, _ = text_only.encode_prompt("a blue mug")
+    assert torch.equal(embeds, pipe.encode_prompt("a blue mug", "cpu")[0])
+
+
+def test_a_step_end_callback_reads_num_timesteps_and_changes_guidance(pipe):
+    seen = []
+
+    def raise_guidance(p, step, timestep, kwargs):
+        seen.append((p.num_timesteps, p.do_classifier_free_guidance))
+        p._guidance_scale += 1.0
+        return kwargs
+
+    changed = run(pipe, guidance_scale=2.0, callback_on_step_end=raise_guidance).images
+    assert pipe.guidance_scale == 2.0 + STEPS and seen == [(STEPS, True)] * STEPS
+    # the second step used guidance 3.0: the same images as a run whose callback sets 3.0 after step 0
+    def set_three(p, step, timestep, kwargs):
+        p._guidance_scale = 3.0
+        return kwargs
+
+    assert np.array_equal(changed, run(pipe, guidance_scale=2.0, callback_on_step_end=set_three).images)
+    assert not np.array_equal(changed, run(pipe, guidance_scale=2.0).images)
+
+
+def test_cross_attention_kwargs_reach_the_branch_and_the_unet(pipe):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    class RecordingProcessor(AttnProcessor):
+        def __init__(self, log, name):
+            super().__init__()
+            self.log, self.name = log, name
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, marker=None):
+            self.log.append((self.name, marker))
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    log = []
+    unet_processors, branch_processors = pipe.unet.attn_processors, pipe.controlnet.encoder.attn_processors
+    try:
+        pipe.unet.set_attn_processor(RecordingProcessor(log, "unet"))
+        pipe.controlnet.encoder.set_attn_processor(RecordingProcessor(log, "branch"))
+        run(pipe, num_views=2, cross_attention_kwargs={"marker": 7})
+    finally:
+        pipe.unet.set_attn_processor(unet_processors)
+        pipe.controlnet.encoder.set_attn_processor(branch_processors)
+    assert {name for name, _ in log} == {"unet", "branch"} and {marker for _, marker in log} == {7}
+
+
+def test_neus_in_train_mode_jitters_from_the_generator_not_the_global_rng(pipe):
+    pipe.neus.train()
+    try:
+        torch.manual_seed(123)
+        first = run(pipe, output_type="latent").images
+        torch.manual_seed(999)
+        assert torch.equal(first, run(pipe, output_type="latent").images)
+    finally:
+        pipe.neus.eval()
+    assert not torch.equal(first, run(pipe, output_type="latent").images)  # the jitter did change the render
+
+
 @pytest.mark.parametrize("latent", [False, True])
 def test_to_bfloat16_runs_every_component_in_that_dtype(latent):
     pipe = tiny_pipeline(latent=latent)
@@ -142,6 +224,7 @@ def test_custom_cameras_are_used(pipe):
     "kwargs, match",
     [
         (dict(num_views=0), "num_views"),
+        (dict(num_views=2.5), "num_views"),
         (dict(image=PIL.Image.new("RGB", (20, 20))), "resize"),
         (dict(output_type="jpeg"), "output_type"),
         (dict(reference_images={7: PIL.Image.new("RGB", (16, 16))}), "reference_images"),

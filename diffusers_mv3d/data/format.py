@@ -6,7 +6,7 @@ One folder an object::
       rgba/000.png ...     RGBA uint8, straight alpha (coverage); views 0..N-1
       cameras.json         Cameras.to_dict() + "num_input_views": the first views are the fixed inputs
       caption.txt          one UTF-8 line
-      mesh.glb             the normalised mesh (optional)
+      mesh.glb             the normalised mesh, +y up as glTF specifies (optional)
       object.json          split, seed, category, colour, attributes (optional, procedural objects)
 
 and zero123-style Objaverse renders: ``000.png`` + ``000.npy`` (3x4 world-to-Blender-camera RT)
@@ -27,6 +27,7 @@ import trimesh
 from PIL import Image
 
 from ..cameras import Cameras, intrinsics_from_fov
+from .render import to_gltf_axes
 
 CAMERAS_FILE = "cameras.json"
 CAPTION_FILE = "caption.txt"
@@ -91,7 +92,7 @@ def write_object(
     with open(os.path.join(tmp, CAPTION_FILE), "w", encoding="utf-8") as f:
         f.write(caption.strip() + "\n")
     if mesh is not None:
-        mesh.export(os.path.join(tmp, MESH_FILE))
+        to_gltf_axes(mesh).export(os.path.join(tmp, MESH_FILE))  # +y up, as glTF says
     if metadata is not None:
         with open(os.path.join(tmp, OBJECT_FILE), "w") as f:
             json.dump(metadata, f, indent=1)

@@ -202,16 +202,52 @@ def _as_colour_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return mesh
 
 
-def load_mesh(path: str, radius: float = OBJECT_RADIUS) -> trimesh.Trimesh:
+# Rotations that take a file's up axis to the world's +z (proper rotations, det +1): new = R @ old.
+UP_AXIS_ROTATIONS = {
+    "+z": np.eye(3),
+    "-z": np.diag([1.0, -1.0, -1.0]),  # 180 degrees about x
+    "+y": np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]),  # +90 degrees about x: (x, y, z) -> (x, -z, y)
+    "-y": np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]),  # -90 degrees about x: (x, y, z) -> (x, z, -y)
+    "+x": np.array([[0, 0, -1.0], [0, 1.0, 0], [1.0, 0, 0]]),  # -90 degrees about y: (x, y, z) -> (-z, y, x)
+    "-x": np.array([[0, 0, 1.0], [0, 1.0, 0], [-1.0, 0, 0]]),  # +90 degrees about y: (x, y, z) -> (z, y, -x)
+}
+UP_AXIS_CHOICES = ("auto", *UP_AXIS_ROTATIONS)
+GLTF_EXTENSIONS = (".glb", ".gltf")  # +y up by the glTF 2.0 specification
+
+
+def to_gltf_axes(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """A copy of a world-space (+z up) ``mesh`` turned +y up, as a .glb/.gltf file holds it (the
+    inverse of what :func:`load_mesh` does to glTF files)."""
+    z_up_to_y_up = np.eye(4)
+    z_up_to_y_up[:3, :3] = UP_AXIS_ROTATIONS["+y"].T
+    turned = mesh.copy()
+    turned.apply_transform(z_up_to_y_up)
+    return turned
+
+
+def file_up_axis(path: str, up_axis: str = "auto") -> str:
+    """The up axis of a mesh file: ``up_axis`` itself, or with ``"auto"`` ``"+y"`` for glTF (.glb,
+    .gltf: +y up by its spec) and ``"+z"`` for formats without a convention (kept as they are)."""
+    if up_axis not in UP_AXIS_CHOICES:
+        raise ValueError(f"--up-axis must be one of {UP_AXIS_CHOICES}, got {up_axis!r}")
+    if up_axis != "auto":
+        return up_axis
+    return "+y" if path.lower().endswith(GLTF_EXTENSIONS) else "+z"
+
+
+def load_mesh(path: str, radius: float = OBJECT_RADIUS, up_axis: str = "auto") -> trimesh.Trimesh:
     """Load a user mesh (.obj, .glb, .gltf, .ply, .stl, .off) as one coloured, normalised triangle mesh.
 
     Scenes are flattened with their node transforms. Textures become vertex colours (sampled at
     the vertices, so detail finer than the mesh is lost); a mesh without colours renders grey.
-    Normalisation as for procedural objects: centred on its bounding-box centre and scaled so its
-    farthest vertex lies at ``radius`` (0.9): inside the cube [-0.9, 0.9]^3 and the sphere of radius
-    0.9, which every default orbit camera sees whole. The file's up axis is kept (the world is +z
-    up; glTF files are +y up by their spec, rotate them yourself if that matters).
+    The file's ``up_axis`` is turned to the world's +z (:func:`file_up_axis`: glTF files are +y up by
+    their spec, so ``"auto"`` stands them upright; give the axis for .obj/.ply/.stl/.off files that
+    are not +z up, e.g. ``"+y"`` for most .obj exports). Normalisation as for procedural objects:
+    centred on its bounding-box centre and scaled so its farthest vertex lies at ``radius`` (0.9):
+    inside the cube [-0.9, 0.9]^3 and the sphere of radius 0.9, which every default orbit camera
+    sees whole.
     """
+    rotation = UP_AXIS_ROTATIONS[file_up_axis(path, up_axis)]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"mesh file not found: {path}")
     if not path.lower().endswith(MESH_EXTENSIONS):
@@ -231,6 +267,9 @@ def load_mesh(path: str, radius: float = OBJECT_RADIUS) -> trimesh.Trimesh:
         for m in meshes:
             m.visual = trimesh.visual.ColorVisuals(m, face_colors=m.visual.face_colors)
     mesh = trimesh.util.concatenate(meshes) if len(meshes) > 1 else meshes[0]
+    transform = np.eye(4)
+    transform[:3, :3] = rotation
+    mesh.apply_transform(transform)
     return normalise(mesh, radius)
 
 

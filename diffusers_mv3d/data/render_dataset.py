@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..cameras import Cameras, default_cameras
 from .format import TMP_PREFIX, write_object
-from .render import MESH_EXTENSIONS, load_mesh, random_cameras, render_views
+from .render import MESH_EXTENSIONS, UP_AXIS_CHOICES, load_mesh, random_cameras, render_views
 from .splits import SPLITS, split_entry
 from .world import generate_object
 
@@ -58,6 +58,7 @@ class RenderConfig:
     workers: int = 2  # processes; 1 renders in this process
     antialias: int = 2  # a x a colour rays a pixel
     save_mesh: bool = True  # write mesh.glb into each object folder
+    up_axis: str = "auto"  # --mesh-dir files' up axis, turned to +z; auto: +y for glTF, +z otherwise
 
     def check(self) -> None:
         """Raise ValueError naming the flag of an invalid setting."""
@@ -79,6 +80,8 @@ class RenderConfig:
             raise ValueError(f"--antialias must be >= 1, got {self.antialias}")
         if self.seed < 0:
             raise ValueError(f"--seed must be non-negative, got {self.seed}")
+        if self.up_axis not in UP_AXIS_CHOICES:
+            raise ValueError(f"--up-axis must be one of {UP_AXIS_CHOICES}, got {self.up_axis!r}")
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _mesh_task(config: RenderConfig, item: Tuple[str, str]) -> Optional[str]:
     """Render one user mesh ``(object_id, path)``; returns an error message instead of raising."""
     object_id, path = item
     try:
-        mesh = load_mesh(path)
+        mesh = load_mesh(path, up_axis=config.up_axis)
     except (ValueError, FileNotFoundError) as error:
         return str(error)
     caption = mesh_caption(path)
@@ -197,10 +200,12 @@ def _disk_bytes(root: str) -> int:
 
 def _check_settings(config: RenderConfig) -> None:
     """Write ``render.json``, or refuse to mix a rerun with different settings into ``config.out``."""
-    keys = ("split", "mesh_dir", "resolution", "num_views", "num_input_views", "seed", "antialias", "save_mesh")
+    keys = ("split", "mesh_dir", "resolution", "num_views", "num_input_views", "seed", "antialias", "save_mesh", "up_axis")
     settings = {k: getattr(config, k) for k in keys}
     if settings["mesh_dir"] is not None:
         settings["mesh_dir"] = os.path.abspath(settings["mesh_dir"])
+    else:
+        del settings["up_axis"]  # procedural objects are +z up
     if settings["split"] == "foundation2d":
         for key in ("num_views", "num_input_views", "save_mesh"):
             del settings[key]
@@ -331,6 +336,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=defaults.workers, help="processes (default: %(default)s)")
     parser.add_argument("--antialias", type=int, default=defaults.antialias, help="a x a colour rays a pixel (default: %(default)s)")
     parser.add_argument("--no-mesh", dest="save_mesh", action="store_false", help="do not write mesh.glb")
+    parser.add_argument("--up-axis", choices=UP_AXIS_CHOICES, default=defaults.up_axis,
+                        help="--mesh-dir files' up axis, turned to the world's +z; auto: +y for .glb/.gltf "
+                             "(their spec), +z for formats without a convention (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
     parser.set_defaults(func=_main)
     return parser

@@ -145,9 +145,9 @@ def sample_foundation(
     x = randn_tensor((1, num_views, channels, size, size), generator=generator, device=device, dtype=dtype)
     x = x[0] * scheduler.init_noise_sigma  # [V, C, h, w]
     do_cfg = guidance_scale > 1.0
-    text = pipe.encode_prompt([prompt], device)
+    text, negative = pipe.encode_prompt(prompt, device, do_classifier_free_guidance=do_cfg)
     if do_cfg:
-        text = torch.cat([pipe.encode_prompt([""], device), text])
+        text = torch.cat([negative, text])
     text = text.repeat_interleave(num_views, 0)  # [(2) V, L, D]
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)

@@ -15,7 +15,7 @@ clean views, is the feed-forward reconstructor of §3.5 (``extract_mesh``).
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,22 +46,33 @@ def ray_sphere_bounds(origins: torch.Tensor, directions: torch.Tensor, radius: f
     return near, far, hit
 
 
-def stratified_samples(near: torch.Tensor, far: torch.Tensor, num_samples: int, jitter: bool) -> torch.Tensor:
+def uniform_noise(shape: Sequence[int], like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """U[0, 1) of ``shape`` on ``like``'s device and dtype, drawn from ``generator`` (on its own
+    device, then moved) or from the global RNG when None."""
+    if generator is None:
+        return torch.rand(*shape, device=like.device, dtype=like.dtype)
+    return torch.rand(*shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+
+
+def stratified_samples(near: torch.Tensor, far: torch.Tensor, num_samples: int, jitter: bool,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``num_samples`` distances per ray between near and far ``[..., S]``; midpoints of equal bins
-    unless ``jitter`` (training), then one uniform sample per bin."""
+    unless ``jitter`` (training), then one uniform sample per bin (drawn from ``generator``)."""
     u = (torch.arange(num_samples, device=near.device, dtype=near.dtype) + 0.5) / num_samples
     if jitter:
-        u = u + (torch.rand(*near.shape, num_samples, device=near.device, dtype=near.dtype) - 0.5) / num_samples
+        u = u + (uniform_noise((*near.shape, num_samples), near, generator) - 0.5) / num_samples
     return near[..., None] + (far - near)[..., None] * u
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num_samples: int, jitter: bool) -> torch.Tensor:
+def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num_samples: int, jitter: bool,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Importance samples by inverse transform of the piecewise-constant pdf ``weights [..., S-1]``
-    over the intervals of ``bins [..., S]`` (NeRF / NeuS hierarchical sampling)."""
+    over the intervals of ``bins [..., S]`` (NeRF / NeuS hierarchical sampling); random (from
+    ``generator``) with ``jitter``, evenly spaced quantiles otherwise."""
     pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[..., :1]), pdf.cumsum(-1)], dim=-1)  # [..., S]
     if jitter:
-        u = torch.rand(*cdf.shape[:-1], num_samples, device=cdf.device, dtype=cdf.dtype)
+        u = uniform_noise((*cdf.shape[:-1], num_samples), cdf, generator)
     else:
         u = ((torch.arange(num_samples, device=cdf.device, dtype=cdf.dtype) + 0.5) / num_samples).expand(
             *cdf.shape[:-1], num_samples
@@ -317,18 +328,18 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         dirs = directions[:, :, None].expand(-1, -1, samples, -1)
         return self.field(points, features, dirs, temb)
 
-    def _render_rays(self, origins, directions, context: NeuSContext):
+    def _render_rays(self, origins, directions, context: NeuSContext, generator: Optional[torch.Generator] = None):
         # origins, directions [B, R, 3] -> colors [B, R, C], distance [B, R], opacity [B, R], points, weights
         jitter = self.training
         near, far, hit = ray_sphere_bounds(origins, directions, self.config.bound_radius)
-        t_coarse = stratified_samples(near, far, self.config.num_coarse_samples, jitter)  # [B, R, Sc]
+        t_coarse = stratified_samples(near, far, self.config.num_coarse_samples, jitter, generator)  # [B, R, Sc]
         points = origins[..., None, :] + t_coarse[..., None] * directions[..., None, :]
         sdf, color = self._query(points, directions, context)
         t_all = t_coarse
         if self.config.num_importance_samples > 0:
             with torch.no_grad():
                 coarse_weights = alpha_to_weights(sdf_to_alpha(sdf, self.inv_s)) * hit[..., None]
-                t_fine = sample_pdf(t_coarse, coarse_weights, self.config.num_importance_samples, jitter)
+                t_fine = sample_pdf(t_coarse, coarse_weights, self.config.num_importance_samples, jitter, generator)
             fine_points = origins[..., None, :] + t_fine[..., None] * directions[..., None, :]
             sdf_fine, color_fine = self._query(fine_points, directions, context)
             t_all, order = torch.sort(torch.cat([t_coarse, t_fine], -1), dim=-1)
@@ -345,7 +356,8 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         sample_points = origins[..., None, :] + t_all[..., None] * directions[..., None, :]
         return colors, distance, opacity, sample_points, sample_weights
 
-    def render(self, context: NeuSContext, cameras: Cameras, pixel_indices: Optional[torch.Tensor] = None) -> RayRenderOutput:
+    def render(self, context: NeuSContext, cameras: Cameras, pixel_indices: Optional[torch.Tensor] = None,
+               generator: Optional[torch.Generator] = None) -> RayRenderOutput:
         """Render query ``cameras`` (batch shape ``[Vq]`` or ``[B, Vq]``, any resolution).
 
         Args:
@@ -353,6 +365,8 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             cameras: the query cameras; their height/width set the render resolution.
             pixel_indices: ``[N]`` row-major pixel indices to render in every view (training on ray
                 subsets); all pixels when ``None``.
+            generator: the random source of the sample jitter in train mode (the global RNG if None);
+                eval mode samples deterministically.
         """
         batch = context.features.shape[0]
         cameras = _cameras_for_batch(cameras, batch, cameras.batch_shape[-1])
@@ -364,7 +378,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         origins, directions = origins.reshape(batch, -1, 3), directions.reshape(batch, -1, 3)
         chunk = max(1, self.config.chunk_size // batch)
         outputs = [
-            self._render_rays(origins[:, i : i + chunk], directions[:, i : i + chunk], context)
+            self._render_rays(origins[:, i : i + chunk], directions[:, i : i + chunk], context, generator)
             for i in range(0, origins.shape[1], chunk)
         ]
         colors, distance, opacity, points, weights = (torch.cat(parts, 1) for parts in zip(*outputs))
@@ -384,6 +398,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         timestep: Union[int, torch.Tensor],
         cameras: Cameras,
         query_cameras: Optional[Cameras] = None,
+        generator: Optional[torch.Generator] = None,
         return_dict: bool = True,
     ) -> Union[LatentSparseNeuSOutput, Tuple]:
         """Render the clean-view prediction x0 of every query view from the noisy views.
@@ -393,13 +408,14 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             timestep: scalar, ``[B]`` or ``[B, V]`` (a reference view sits at t = 0).
             cameras: the views' cameras, batch shape ``[V]`` or ``[B, V]``, at ``H x W``.
             query_cameras: cameras to render; defaults to the input cameras at ``render_resolution``.
+            generator: the random source of the ray-sample jitter in train mode (see :meth:`render`).
         """
         context = self.encode(noisy_views, timestep, cameras)
         if query_cameras is None:
             size = self.config.render_resolution or noisy_views.shape[-1]
             query_cameras = context.cameras.rescale(size, size * noisy_views.shape[-1] // noisy_views.shape[-2])
         query_cameras = _cameras_for_batch(query_cameras, noisy_views.shape[0], query_cameras.batch_shape[-1])
-        rays = self.render(context, query_cameras)
+        rays = self.render(context, query_cameras, generator=generator)
         batch, num_query = rays.colors.shape[:2]
         height, width = query_cameras.height, query_cameras.width
         output = LatentSparseNeuSOutput(

@@ -117,6 +117,7 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
         sample_points: Optional[torch.Tensor] = None,
         sample_weights: Optional[torch.Tensor] = None,
         conditioning_scale: float = 1.0,
+        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
         return_dict: bool = True,
     ) -> Union[ControlNetOutput, Tuple]:
         """
@@ -130,6 +131,8 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
             sample_points, sample_weights: ``[B, V, h * w, S, 3]`` / ``[B, V, h * w, S]`` NeuS samples for
                 the geometry-aware attention (rays at the render's ``h x w``).
             conditioning_scale: multiplies every residual.
+            cross_attention_kwargs: passed to the encoder's attention processors, as diffusers'
+                ControlNetModel does (e.g. ``{"scale": ...}`` for LoRA layers).
 
         Returns:
             ``ControlNetOutput`` with ``down_block_res_samples`` (tuple of ``[(B V), C_k, H_k, W_k]``) and
@@ -161,7 +164,8 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
         residuals = (hidden,)
         for level, block in enumerate(self.encoder.down_blocks):
             if getattr(block, "has_cross_attention", False):
-                hidden, block_residuals = block(hidden_states=hidden, temb=emb, encoder_hidden_states=text)
+                hidden, block_residuals = block(hidden_states=hidden, temb=emb, encoder_hidden_states=text,
+                                                cross_attention_kwargs=cross_attention_kwargs)
             else:
                 hidden, block_residuals = block(hidden_states=hidden, temb=emb)
             if use_attention and str(level) in self.geometry_attention:
@@ -177,7 +181,8 @@ class MultiViewControlNetModel(ModelMixin, ConfigMixin):
         # 4. mid block
         if self.encoder.mid_block is not None:
             if getattr(self.encoder.mid_block, "has_cross_attention", False):
-                hidden = self.encoder.mid_block(hidden, emb, encoder_hidden_states=text)
+                hidden = self.encoder.mid_block(hidden, emb, encoder_hidden_states=text,
+                                                cross_attention_kwargs=cross_attention_kwargs)
             else:
                 hidden = self.encoder.mid_block(hidden, emb)
 

@@ -8,6 +8,7 @@ pass without NeuS gives eq. 4's guidance. Reference views sit at t = 0 in every 
 bit-identical.
 """
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -89,13 +90,31 @@ class TuneMV3DPipeline(DiffusionPipeline):
         reconstructor: Optional[LatentSparseNeuS] = None,
     ):
         super().__init__()
-        if not isinstance(scheduler, ConsistencyGuidanceScheduler):
+        if scheduler is not None and not isinstance(scheduler, ConsistencyGuidanceScheduler):
             scheduler = ConsistencyGuidanceScheduler.wrap(scheduler)
         self.register_modules(
             unet=unet, controlnet=controlnet, neus=neus, scheduler=scheduler, text_encoder=text_encoder,
             tokenizer=tokenizer, vae=vae, reconstructor=reconstructor,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    # ------------------------------------------------------------------ state of the current call
+    # (diffusers' convention: a step-end callback may read these, and change ``_guidance_scale``)
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def cross_attention_kwargs(self) -> Optional[Dict[str, Any]]:
+        return self._cross_attention_kwargs
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -107,17 +126,28 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
-                     callback_tensor_inputs=()):
-        if num_views is None or int(num_views) < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
+                     callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None):
+        if isinstance(num_views, bool) or not isinstance(num_views, numbers.Integral) or num_views < 1:
+            raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
         if prompt is not None and not isinstance(prompt, str) and not (
             isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)
         ):
             raise ValueError(f"prompt must be a str or a non-empty list of str, got {type(prompt).__name__}")
-        if prompt is None and not references:
-            raise ValueError("prompt must be given unless image or reference_images is")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("give prompt or prompt_embeds, not both")
+        if prompt is None and prompt_embeds is None and not references:
+            raise ValueError("prompt (or prompt_embeds) must be given unless image or reference_images is")
         if negative_prompt is not None and not isinstance(negative_prompt, (str, list, tuple)):
             raise ValueError(f"negative_prompt must be a str or a list of str, got {type(negative_prompt).__name__}")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give negative_prompt or negative_prompt_embeds, not both")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (not isinstance(embeds, torch.Tensor) or embeds.dim() != 3):
+                raise ValueError(f"{name} must be a tensor [batch, tokens, dim], got "
+                                 f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}")
+        if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ValueError(f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have the shape of "
+                             f"prompt_embeds {tuple(prompt_embeds.shape)}")
         if cameras is not None and (not isinstance(cameras, Cameras) or len(cameras.batch_shape) != 1 or len(cameras) != num_views):
             got = len(cameras) if isinstance(cameras, Cameras) else type(cameras).__name__
             raise ValueError(f"cameras must be Cameras of batch shape [num_views={num_views}], got {got}")
@@ -150,8 +180,42 @@ class TuneMV3DPipeline(DiffusionPipeline):
             raise ValueError(f"{name} is {tuple(tensor.shape[-2:])} but this pipeline makes {size}x{size} views; resize it")
         return tensor * 2.0 - 1.0
 
-    def encode_prompt(self, prompts: List[str], device) -> torch.Tensor:
+    def encode_prompt(
+        self,
+        prompt: Optional[Union[str, List[str]]] = None,
+        device: Optional[torch.device] = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: Optional[Union[str, List[str]]] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+    ):
+        """The text embeddings of the prompts and, for classifier-free guidance, of the negative prompts
+        (``""`` unless given), each repeated ``num_images_per_prompt`` times, as diffusers' pipelines do.
+
+        Returns:
+            ``(prompt_embeds [N, L, D], negative_prompt_embeds [N, L, D] or None)`` with
+            ``N = prompts x num_images_per_prompt``; embeddings passed in are used as they are.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt_embeds = self._embed_text([prompt] if isinstance(prompt, str) else list(prompt), device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = negative_prompt or ""
+            negatives = [negatives] * prompt_embeds.shape[0] if isinstance(negatives, str) else list(negatives)
+            if len(negatives) != prompt_embeds.shape[0]:
+                raise ValueError(f"negative_prompt has {len(negatives)} entries for {prompt_embeds.shape[0]} prompts")
+            negative_prompt_embeds = self._embed_text(negatives, device)
+        prompt_embeds = prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _embed_text(self, prompts: List[str], device) -> torch.Tensor:
         """Text embeddings ``[N, L, D]`` from the foundation's tokenizer and text encoder."""
+        if self.tokenizer is None or self.text_encoder is None:
+            raise ValueError("this pipeline has no tokenizer / text_encoder: pass prompt_embeds (and "
+                             "negative_prompt_embeds for classifier-free guidance)")
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
@@ -179,11 +243,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
     # ------------------------------------------------------------------ one denoiser evaluation
-    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None) -> torch.Tensor:
+    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None) -> torch.Tensor:
         """Branch + frozen UNet on the folded views; ``neus_output=None`` drops the NeuS (§3.3).
 
         ``latents [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``; with classifier-free
         guidance ``B`` is twice the number of objects and ``neus_output`` covers one half.
+        ``cross_attention_kwargs`` go to the attention processors of the branch and the UNet.
         """
         branch_inputs = {}
         if neus_output is not None:
@@ -193,7 +258,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 sample_points=neus_output.sample_points.repeat(repeat, 1, 1, 1, 1),
                 sample_weights=neus_output.sample_weights.repeat(repeat, 1, 1, 1),
             )
-        down, mid = self.controlnet(latents, timesteps, text, cameras, return_dict=False, **branch_inputs)
+        down, mid = self.controlnet(latents, timesteps, text, cameras, return_dict=False,
+                                    cross_attention_kwargs=cross_attention_kwargs, **branch_inputs)
         num_views = latents.shape[1]
         noise = self.unet(
             fold_views(latents),
@@ -201,6 +267,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
             text.repeat_interleave(num_views, 0),
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
+            cross_attention_kwargs=cross_attention_kwargs,
         ).sample
         return unfold_views(noise[:, : latents.shape[2]], num_views)  # drop a learned variance (IF)
 
@@ -216,6 +283,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 3.0,
         negative_prompt: Optional[Union[str, List[str]]] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
         consistency_ratio: Optional[float] = None,
         consistency_scale: Optional[float] = None,
         eta: Optional[float] = None,
@@ -224,6 +293,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_mesh: bool = False,
         mesh_resolution: int = 64,
+        cross_attention_kwargs: Optional[Dict[str, Any]] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         num_images_per_prompt: int = 1,
@@ -238,7 +308,10 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 (elevation 20, azimuth every 360/V degrees).
             image: image-to-multiview: the reference for view 0 (§3.4).
             reference_images: multiview-to-multiview: ``{view index: image}`` clamped at t = 0.
-            num_inference_steps, guidance_scale, negative_prompt: as in diffusers.
+            num_inference_steps, guidance_scale, negative_prompt: as in diffusers (a step-end callback may
+                change ``pipe._guidance_scale``; the text batch, with or without guidance, is fixed at the start).
+            prompt_embeds, negative_prompt_embeds: text embeddings ``[B, L, D]`` instead of ``prompt`` /
+                ``negative_prompt`` (from :meth:`encode_prompt`, or any other source).
             consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None.
             consistency_scale: alpha of eq. 4; the scheduler's config if None.
             eta: DDIM's eta (0 deterministic, 1 as stochastic as DDPM; the fresh noise comes from
@@ -246,6 +319,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
             generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
+            cross_attention_kwargs: passed to the attention processors of the branch and the UNet.
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` as in diffusers.
             num_images_per_prompt: objects per prompt.
 
@@ -257,26 +331,25 @@ class TuneMV3DPipeline(DiffusionPipeline):
         if image is not None:
             references[0] = image
         self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
-                          callback_on_step_end_tensor_inputs)
+                          callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds)
+        self._guidance_scale = guidance_scale
+        self._cross_attention_kwargs = cross_attention_kwargs
         device, dtype = self._execution_device, self.unet.dtype
-        prompts = [prompt or ""] if prompt is None or isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        batch = len(prompts)
-        do_cfg = guidance_scale > 1.0
+        do_cfg = self.do_classifier_free_guidance  # fixed for the call: the text batch is built once
 
         # 2. Cameras at the image and at the diffusion-space resolution
         size = self.unet.config.sample_size
         image_cameras = (cameras or default_cameras(num_views, self.image_size)).rescale(self.image_size, self.image_size)
         space_cameras = image_cameras.rescale(size, size).to(device=device, dtype=self.neus.dtype)
 
-        # 3. Encode the prompt (negative first, as diffusers does)
-        text = self.encode_prompt(prompts, device)
-        if do_cfg:
-            negatives = negative_prompt or ""
-            negatives = [negatives] * batch if isinstance(negatives, str) else [n for n in negatives for _ in range(num_images_per_prompt)]
-            if len(negatives) != batch:
-                raise ValueError(f"negative_prompt has {len(negatives)} entries for {batch} objects")
-            text = torch.cat([self.encode_prompt(negatives, device), text])
+        # 3. Encode the prompt (negative first, as diffusers does); references alone: the empty prompt
+        if prompt is None and prompt_embeds is None:
+            prompt = ""
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
+        )
+        batch = prompt_embeds.shape[0]
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
 
         # 4. Reference views (clean, in the diffusion space) and the views they clamp
         reference_index = torch.tensor(sorted(references), dtype=torch.long, device=device)
@@ -301,6 +374,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         # 7. Denoising loop: all views of all objects in one batch (a step's fresh noise, eta > 0, comes
         # from each object's generator for all its views)
         step_generator = [g for g in generator for _ in range(num_views)] if isinstance(generator, list) else generator
+        neus_generator = generator[0] if isinstance(generator, list) else generator  # jitter in train mode only
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -310,18 +384,22 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 model_input = self._clamp_references(self.scheduler.scale_model_input(latents, t), reference_index, reference_latents)
 
                 # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3)
-                neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras)
+                neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
 
                 # 7.3 branch + frozen UNet, with classifier-free guidance on the text
                 doubled = torch.cat([model_input] * 2) if do_cfg else model_input
                 doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
-                noise = self._guide_text(self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output), guidance_scale, do_cfg)
+                noise = self._guide_text(
+                    self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs),
+                    self._guidance_scale, do_cfg,
+                )
 
                 # 7.4 consistency guidance (§3.3): the same step without the NeuS condition
                 noise_without_neus = None
                 if i in consistency_steps:
                     noise_without_neus = self._guide_text(
-                        self.predict_noise(doubled, doubled_t, text, space_cameras), guidance_scale, do_cfg
+                        self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs),
+                        self._guidance_scale, do_cfg,
                     )
 
                 # 7.5 scheduler step for every view (eq. 4 inside on consistency steps), references re-clamped
