@@ -7,11 +7,13 @@ a grid, cameras, a coloured mesh and a turntable, with the embedded default mode
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import PIL.Image
 
+from .data.render import embree_available
 from .io_utils import atomic_write
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -134,6 +136,10 @@ def generate(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     views, orbit = check_orbit(views, elevation, azimuths)
+    if mesh and not embree_available():
+        warnings.warn("the mesh step needs embree ray casting (pip install embreex), which is not installed: "
+                      "skipping mesh.glb and turntable.gif (without embree it would take many minutes)")
+        mesh = False
     reference = None
     if image is not None:
         try:

@@ -105,3 +105,12 @@ def test_view_grid_tiles_views():
     grid = view_grid([PIL.Image.new("RGB", (4, 4), c) for c in ("red", "green", "blue")], columns=2)
     assert grid.size == (8, 8)
     assert grid.getpixel((5, 1)) == (0, 128, 0) and grid.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_without_embree_generate_skips_the_mesh_with_a_warning(model_dir, tmp_path, monkeypatch):
+    import diffusers_mv3d.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "embree_available", lambda: False)
+    with pytest.warns(UserWarning, match="embreex"):
+        result = generate("a red chair", tmp_path / "out", model=str(model_dir), views=2, steps=1)
+    assert "mesh" not in result["files"] and (tmp_path / "out" / "views.png").is_file()

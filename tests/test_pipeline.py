@@ -258,3 +258,23 @@ def test_mesh_of_an_sdf_sphere_is_coloured_and_exports_to_glb(tmp_path):
     path = export_mesh(out.mesh, tmp_path / "sphere.glb")
     loaded = trimesh.load(path, force="mesh")
     assert len(loaded.vertices) == len(out.mesh.vertices)
+
+
+def test_meshing_runs_the_offload_hook_of_the_model_it_uses():
+    """enable_model_cpu_offload moves a module on its forward; meshing calls encode / sdf instead."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Recording(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Recording.calls += 1
+            return args, kwargs
+
+    pipe = tiny_pipeline()
+    add_hook_to_module(pipe.neus, Recording())
+    Recording.calls = 0
+    run(pipe, num_views=2, num_inference_steps=1)
+    without_mesh = Recording.calls
+    run(pipe, num_views=2, num_inference_steps=1, return_mesh=True, mesh_resolution=8)
+    assert Recording.calls == 2 * without_mesh + 1  # the same steps, and once more for the mesh

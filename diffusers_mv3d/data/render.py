@@ -53,6 +53,15 @@ class RenderOutput:
     mask: np.ndarray
 
 
+def embree_available() -> bool:
+    """Whether trimesh can use embree (the ``embreex`` package) for ray casting on this machine."""
+    try:
+        from trimesh.ray.ray_pyembree import RayMeshIntersector  # noqa: F401  (imports embreex)
+    except ImportError:
+        return False
+    return True
+
+
 def has_embree(mesh: trimesh.Trimesh) -> bool:
     """Whether ``mesh.ray`` is trimesh's embree intersector (and not the slow pure-Python one)."""
     try:

@@ -461,6 +461,14 @@ class TuneMV3DPipeline(DiffusionPipeline):
             return array
         return self.numpy_to_pil(array)
 
+    @staticmethod
+    def _onload(module: torch.nn.Module) -> None:
+        """Run ``module``'s accelerate offload hook (``enable_model_cpu_offload``) by hand: meshing calls
+        its ``encode`` / ``sdf`` methods, which the hook, attached to ``forward``, does not see."""
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(module)
+
     def _reconstruct_meshes(self, latents: torch.Tensor, cameras: Cameras, resolution: int):
         """§3.5: SDF of the final views (reconstructor on pixels, else the branch's NeuS at t = 0)
         -> marching cubes -> vertex colours from the views."""
@@ -474,6 +482,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         else:
             model, views = self.neus, latents
             model_cameras = cameras.rescale(latents.shape[-2], latents.shape[-1])
+        self._onload(model)
         context = model.encode(views.to(model.dtype), 0, model_cameras.to(device=views.device, dtype=model.dtype))
         meshes = []
         for b in range(batch):
