@@ -6,6 +6,7 @@ a grid, cameras, a coloured mesh and a turntable, with the embedded default mode
 
 import argparse
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -86,10 +87,20 @@ def orbit_cameras(orbit, resolution: int):
 
 
 def load_pipeline(model: Optional[str] = None):
-    """The :class:`TuneMV3DPipeline` at ``model`` (a folder or Hub id; default: the embedded one)."""
+    """The :class:`TuneMV3DPipeline` at ``model`` (a folder or Hub id; default: the embedded one).
+
+    Raises:
+        ValueError: naming ``--model`` and why it did not load (missing, empty, truncated weights, bad
+            JSON, another pipeline class, ...).
+    """
     from .pipelines import TuneMV3DPipeline
 
-    return TuneMV3DPipeline.from_pretrained(resolve_model(model))
+    source = resolve_model(model)
+    try:
+        return TuneMV3DPipeline.from_pretrained(source)
+    except Exception as error:  # diffusers, hub, JSON and safetensors errors of every kind: one message
+        raise ValueError(f"--model {source!r} could not be loaded as a TuneMV3D pipeline "
+                         f"({type(error).__name__}: {str(error)[:300]})") from error
 
 
 def generate(
@@ -131,6 +142,15 @@ def generate(
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a whole number >= 1, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"--seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+    if consistency_ratio is not None and not 0.0 <= consistency_ratio <= 1.0:
+        raise ValueError(f"--consistency-ratio must lie in [0, 1], got {consistency_ratio}")
+    for flag, value in (("--guidance-scale", guidance_scale), ("--consistency-scale", consistency_scale), ("--eta", eta)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+    if mesh and (isinstance(mesh_resolution, bool) or not isinstance(mesh_resolution, int) or mesh_resolution < 8):
+        raise ValueError(f"--mesh-resolution must be a whole number >= 8, got {mesh_resolution!r}")
     if image is not None and not Path(image).is_file():
         raise ValueError(f"--image {image} is not a file")
     if out.exists() and not out.is_dir():

@@ -1,5 +1,6 @@
 """`diffusers-mv3d generate` on a tiny pipeline folder: the files it promises, atomically written."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -61,12 +62,30 @@ def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(mod
         (["a mug", "--elevation", "95"], "--elevation"),
         (["a mug", "--out", str(tmp_path / "a-file")], "--out"),
         ([""], "prompt"),
+        (["a mug", "--seed", str(2**64)], "--seed"),
+        (["a mug", "--seed", "-1"], "--seed"),
+        (["a mug", "--consistency-ratio", "2"], "--consistency-ratio"),
+        (["a mug", "--eta", "nan"], "--eta"),
+        (["a mug", "--mesh-resolution", "1"], "--mesh-resolution"),
     ]
     for argv, flag in cases:
         out = ["--out", str(tmp_path / "out")] if "--out" not in argv else []
         assert main(["generate", *argv, "--model", str(model_dir), *out]) == 2, argv
         error = capsys.readouterr().err
         assert error.startswith("diffusers-mv3d generate: error:") and flag in error and "Traceback" not in error
+    # every --model problem is one line naming --model
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights_file = next(broken.glob("unet/*.safetensors"))
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    bad_json = tmp_path / "bad-json"
+    shutil.copytree(model_dir, bad_json)
+    (bad_json / "model_index.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    for model in (tmp_path / "missing", tmp_path / "empty", broken, bad_json):
+        assert main(["generate", "a mug", "--model", str(model), "--out", str(tmp_path / "o")]) == 2, model
+        error = capsys.readouterr().err
+        assert "--model" in error and str(model) in error and "Traceback" not in error
     with pytest.raises(ValueError, match="--views"):  # the library raises; only the CLI turns it into a message
         generate("a mug", tmp_path / "lib", model=str(model_dir), views=0)
 

@@ -231,11 +231,62 @@ def test_custom_cameras_are_used(pipe):
         (dict(cameras=Cameras.orbit(20.0, [0.0, 90.0], height=16)), "cameras"),
         (dict(prompt=3), "prompt"),
         (dict(consistency_ratio=2.0), "consistency_ratio"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=-3), "num_inference_steps"),
+        (dict(guidance_scale=float("nan")), "guidance_scale"),
+        (dict(image=np.full((16, 16, 3), np.nan, dtype=np.float32)), "NaN"),
+        (dict(image=np.full((16, 16, 3), 2.0, dtype=np.float32)), r"\[0, 1\]"),
+        (dict(image=np.zeros((16, 16, 3), dtype=np.int64)), "uint8"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         run(pipe, **kwargs)
+
+
+def test_reference_images_of_every_common_type_mean_the_same_picture(pipe):
+    rgb = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    expected = pipe.preprocess_image(PIL.Image.fromarray(rgb), "image")
+    torch.testing.assert_close(pipe.preprocess_image(rgb, "image"), expected)  # uint8 array: 0..255
+    torch.testing.assert_close(pipe.preprocess_image(rgb.astype(np.float32) / 255, "image"), expected)
+    torch.testing.assert_close(pipe.preprocess_image(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, "image"), expected)
+    torch.testing.assert_close(pipe.preprocess_image(rgb.astype(np.uint16) * 257, "image"), expected)
+    # a 16-bit greyscale PNG (mode I;16 or I): scaled from 0..65535, not clipped to white
+    grey = np.random.default_rng(1).integers(0, 65536, (16, 16)).astype(np.uint16)
+    got = pipe.preprocess_image(PIL.Image.fromarray(grey), "image")
+    torch.testing.assert_close(got[0], torch.from_numpy(grey / 65535.0 * 2 - 1).float(), atol=1e-5, rtol=0)
+    assert got.min() < 0  # not white
+    # RGBA: transparent pixels become white
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    assert torch.all(pipe.preprocess_image(PIL.Image.fromarray(rgba), "image") == 1.0)
+
+
+def test_seeded_fuzz_of_call_arguments_gives_images_or_a_clear_value_error(pipe):
+    """Random mixtures of good and bad arguments: each call returns finite images of the asked shape or
+    raises ValueError whose message names an argument; never another exception."""
+    rng = np.random.default_rng(0)
+    choices = {
+        "num_views": [1, 2, 0, -1, 2.5, "2", True],
+        "num_inference_steps": [1, 2, 0, -3, 1.5],
+        "guidance_scale": [1.0, 3.0, float("inf"), "3"],
+        "consistency_ratio": [None, 0.0, 1.0, 1.5, -0.1],
+        "output_type": ["np", "pt", "pil", "jpeg"],
+        "prompt": ["a red chair", "", None, 3, ["a", "b"]],
+        "eta": [None, 0.0, 1.0],
+    }
+    names = ("num_views", "num_inference_steps", "guidance_scale", "consistency_ratio", "output_type", "prompt")
+    for _ in range(12):
+        kwargs = {key: values[rng.integers(len(values))] for key, values in choices.items()}
+        try:
+            out = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+        except ValueError as error:
+            assert any(name in str(error) for name in names), str(error)
+            continue
+        images = out.images
+        count = kwargs["num_views"] * (len(kwargs["prompt"]) if isinstance(kwargs["prompt"], list) else 1)
+        assert len(images) == count
+        if kwargs["output_type"] != "pil":
+            assert np.isfinite(np.asarray(images)).all()
 
 
 def test_mesh_of_an_sdf_sphere_is_coloured_and_exports_to_glb(tmp_path):

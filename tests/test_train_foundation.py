@@ -7,6 +7,7 @@ the tests draw themselves, so they do not depend on the renderer.
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -421,3 +422,80 @@ def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
     assert summary["step"] == 1
     assert latest_checkpoint(tmp_path / "checkpoints").name == "checkpoint-000001"
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# Kills and corruption (issue 16): a SIGKILL inside any final write, then the same command
+# ------------------------------------------------------------------------------------------------
+
+_KILLING_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+import diffusers_mv3d.training.train_foundation as tf
+
+target = sys.argv[2]
+original = tf.write_atomically
+
+def write_then_die(final, write):
+    if Path(final).name != target:
+        return original(final, write)
+    tmp = Path(final).with_name(f".tmp-{Path(final).name}-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    write(tmp)  # the folder is complete, but the process dies before the rename
+    os.kill(os.getpid(), signal.SIGKILL)
+
+tf.write_atomically = write_then_die
+tf.main(tf.FoundationTrainConfig(**json.loads(Path(sys.argv[1]).read_text())))
+"""
+
+
+@pytest.mark.parametrize("target", ["pipeline", "checkpoint-000003"])
+def test_a_kill_inside_the_final_write_then_the_same_command_gives_the_uninterrupted_pipeline(data_dir, tmp_path, target):
+    reference = main(FoundationTrainConfig(**{**tiny_settings(data_dir, tmp_path / "reference"), "validation_steps": 0}))
+    settings = {**tiny_settings(data_dir, tmp_path / "killed"), "validation_steps": 0, "resume": "latest"}
+    config_file = tmp_path / "settings.json"
+    config_file.write_text(json.dumps(settings))
+    killed = subprocess.run([sys.executable, "-c", _KILLING_RUN, str(config_file), target], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    parent = tmp_path / "killed" / ("checkpoints" if target.startswith("checkpoint") else "")
+    assert any(p.name.startswith(f".tmp-{target}-") for p in parent.iterdir())  # what the kill left behind
+    again = main(FoundationTrainConfig(**settings))  # the same command
+    assert again["step"] == 3
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        ours, theirs = weights(tmp_path / "killed" / "pipeline" / name), weights(Path(reference["pipeline"]) / name)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    leftovers = [p for p in (tmp_path / "killed").rglob(".*") if p.name.startswith((".tmp-", ".old-"))]
+    assert not leftovers
+
+
+def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_a_named_one_is_an_error(data_dir, tmp_path):
+    from diffusers_mv3d.training.checkpointing import newest_intact_checkpoint, resolve_resume
+
+    settings = {**tiny_settings(data_dir, tmp_path / "run"), "validation_steps": 0}
+    main(FoundationTrainConfig(**settings))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    newest = checkpoints / "checkpoint-000003"
+    optimizer_file = newest / "optimizer.safetensors"
+    optimizer_file.write_bytes(optimizer_file.read_bytes()[: optimizer_file.stat().st_size // 2])  # truncated
+    with pytest.warns(UserWarning, match="optimizer.safetensors"):
+        assert newest_intact_checkpoint(checkpoints) == checkpoints / "checkpoint-000002"
+    with pytest.raises(ValueError, match="optimizer.safetensors"):
+        resolve_resume(FoundationTrainConfig(**{**settings, "resume": str(newest)}))
+    (checkpoints / "checkpoint-000002" / "trainer_state.json").write_text('{"step": 2, "optimizer": ')  # cut short
+    with pytest.warns(UserWarning, match="trainer_state.json"):
+        assert newest_intact_checkpoint(checkpoints) is None  # nothing intact: a fresh start
+
+
+def test_stale_temporaries_of_dead_processes_are_cleaned_up(tmp_path):
+    from diffusers_mv3d.training.checkpointing import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".tmp-checkpoint-000004-{dead_pid}").mkdir()  # half-written: deleted
+    (tmp_path / f".old-pipeline-{dead_pid}").mkdir()  # killed between the renames: restored
+    (tmp_path / "model").mkdir()
+    (tmp_path / f".old-model-{dead_pid}").mkdir()  # the rename finished: the old copy is deleted
+    (tmp_path / f".tmp-model-{os.getpid()}").mkdir()  # a live writer's folder: left alone
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-model-{os.getpid()}", "model", "pipeline"]

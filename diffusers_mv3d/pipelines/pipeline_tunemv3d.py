@@ -8,6 +8,7 @@ pass without NeuS gives eq. 4's guidance. Reference views sit at t = 0 in every 
 bit-identical.
 """
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -58,6 +59,37 @@ class TuneMV3DPipelineOutput(BaseOutput):
     images: Union[List[PIL.Image.Image], np.ndarray, torch.Tensor]
     cameras: Cameras
     mesh: Optional[Any] = None
+
+
+def _pil_to_unit_float(image: PIL.Image.Image) -> np.ndarray:
+    """Any PIL image -> ``[H, W, 3]`` float32 in [0, 1] (RGBA composited on white; 16/32-bit greyscale
+    scaled from its full range, where ``convert("RGB")`` would clip it to white)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(image, dtype=np.float64) / 65535.0  # PNG's 16-bit greyscale opens as I;16 or I
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
+    if image.mode == "F":
+        return np.repeat(np.asarray(image, dtype=np.float32)[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(white, image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _array_to_unit_float(array: np.ndarray, name: str) -> np.ndarray:
+    """An image array ``[H, W, 3]`` -> float32 in [0, 1]: uint8 / uint16 scaled, floats checked."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must hold uint8, uint16 or float values, got {array.dtype}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise ValueError(f"{name} float values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}] "
+                         "(uint8 arrays may hold 0..255)")
+    return array
 
 
 class TuneMV3DPipeline(DiffusionPipeline):
@@ -126,7 +158,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
-                     callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None):
+                     callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None,
+                     num_inference_steps=1, guidance_scale=1.0):
         if isinstance(num_views, bool) or not isinstance(num_views, numbers.Integral) or num_views < 1:
             raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
         if prompt is not None and not isinstance(prompt, str) and not (
@@ -154,6 +187,10 @@ class TuneMV3DPipeline(DiffusionPipeline):
         for index in references:
             if not isinstance(index, int) or not 0 <= index < num_views:
                 raise ValueError(f"reference_images index {index!r} is out of range for num_views={num_views}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if consistency_ratio is not None and not 0.0 <= consistency_ratio <= 1.0:
@@ -163,19 +200,21 @@ class TuneMV3DPipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}")
 
     def preprocess_image(self, image, name: str) -> torch.Tensor:
-        """A reference image (PIL, ``np [H, W, 3]`` in [0, 1] or ``pt [3, H, W]`` in [0, 1]) -> ``[3, H, W]`` in [-1, 1]."""
+        """A reference image -> ``[3, H, W]`` in [-1, 1].
+
+        Accepted: a PIL image of any mode (RGBA is composited on white, the training background;
+        16-bit and 32-bit greyscale are scaled from their full range), an ``np`` array ``[H, W, 3]``
+        (uint8 in 0..255, uint16 in 0..65535, or floats in [0, 1]) or a tensor ``[3, H, W]`` (uint8,
+        or floats in [0, 1]). Non-finite values and floats outside [0, 1] are a ValueError naming ``name``.
+        """
         size = self.image_size
         if isinstance(image, PIL.Image.Image):
-            if image.mode == "RGBA":  # composite on white, the training background
-                white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = PIL.Image.alpha_composite(white, image)
-            tensor = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-        elif isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3:
-            tensor = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
+            image = _pil_to_unit_float(image)  # [H, W, 3] float32 in [0, 1]
         elif isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:
-            tensor = image.float()
-        else:
+            image = image.detach().cpu().permute(1, 2, 0).numpy()
+        elif not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3):
             raise ValueError(f"{name} must be a PIL image, an np array [H, W, 3] or a tensor [3, H, W]")
+        tensor = torch.from_numpy(_array_to_unit_float(image, name)).permute(2, 0, 1)
         if tuple(tensor.shape[-2:]) != (size, size):
             raise ValueError(f"{name} is {tuple(tensor.shape[-2:])} but this pipeline makes {size}x{size} views; resize it")
         return tensor * 2.0 - 1.0
@@ -331,7 +370,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         if image is not None:
             references[0] = image
         self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
-                          callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds)
+                          callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
+                          num_inference_steps, guidance_scale)
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs = cross_attention_kwargs
         device, dtype = self._execution_device, self.unet.dtype

@@ -20,6 +20,7 @@ import os
 import re
 import resource
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -32,13 +33,16 @@ __all__ = [
     "STATE_FILE",
     "append_log",
     "check_architecture",
+    "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
     "load_training_checkpoint",
+    "newest_intact_checkpoint",
     "optimizer_state_from_files",
     "optimizer_state_to_files",
     "peak_rss_mb",
     "prune_checkpoints",
+    "remove_stale_temporaries",
     "replace_dir",
     "resolve_resume",
     "save_training_checkpoint",
@@ -102,6 +106,67 @@ def latest_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+def checkpoint_problem(folder: Path) -> Optional[str]:
+    """Why ``folder`` cannot be resumed from (a file named), or None when every file reads: the state
+    JSON parses and holds a step, every other JSON parses, every safetensors file's header and data
+    length are whole (a truncated or overwritten file fails here, not halfway through loading)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".json":
+                content = json.loads(path.read_text())
+                if path.name == STATE_FILE and "step" not in content:
+                    return f"{path}: no step"
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+        except Exception as error:  # JSON, UTF-8 and safetensors errors of any kind: a corrupt file
+            return f"{path}: {type(error).__name__}: {error}"
+    return None
+
+
+def newest_intact_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
+    """The newest finished checkpoint whose files all read (:func:`checkpoint_problem`); corrupt newer
+    ones are skipped with a warning naming the file. None: there is none."""
+    for _, path in reversed(list_checkpoints(checkpoint_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"--resume latest: skipping corrupt checkpoint {path} ({problem})")
+    return None
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Clean up after a process killed inside :func:`write_atomically`: its ``.tmp-NAME-PID`` folder is
+    deleted; its ``.old-NAME-PID`` folder (the previous ``NAME``) is renamed back when ``NAME`` is
+    missing (killed between the two renames), else deleted. Folders of live processes are left alone."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = re.match(r"^\.(tmp|old)-(.+)-(\d+)$", path.name)
+        if not match or not path.is_dir() or _process_alive(int(match.group(3))):
+            continue
+        kind, name = match.group(1), match.group(2)
+        if kind == "old" and not (folder / name).exists():
+            os.replace(path, folder / name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` finished checkpoints (``keep`` 0 keeps all)."""
     if keep <= 0:
@@ -111,17 +176,26 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int) -> None:
 
 
 def resolve_resume(cfg) -> Optional[Path]:
-    """The checkpoint ``--resume`` names (None: a fresh start).
+    """The checkpoint ``--resume`` names (None: a fresh start), after cleaning up what a killed run left
+    (:func:`remove_stale_temporaries`). ``"latest"`` skips corrupt checkpoints with a warning
+    (:func:`newest_intact_checkpoint`); a named corrupt checkpoint is a ValueError naming the file.
 
     ``cfg`` has ``resume`` (None, ``"latest"`` or a checkpoint folder) and ``output_dir``.
     """
+    output_dir = Path(cfg.output_dir)
+    for folder in (output_dir, output_dir / "checkpoints"):
+        remove_stale_temporaries(folder)
     if cfg.resume is None:
         return None
     if cfg.resume == "latest":
-        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+        return newest_intact_checkpoint(output_dir / "checkpoints")
     path = Path(cfg.resume)
     if not (path / STATE_FILE).is_file():
         raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is not a finished checkpoint (no {STATE_FILE})")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"{flag_name('resume')}: {cfg.resume!r} is corrupt ({problem}); resume from an older "
+                         "checkpoint or with --resume latest, which skips corrupt ones")
     return path
 
 

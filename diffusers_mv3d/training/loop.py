@@ -144,11 +144,15 @@ def prepare_training(accelerator, cfg, model: torch.nn.Module, optimizer,
 
 def write_checkpoint(accelerator, cfg, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
                      save_model: Callable[[Path, int], None]) -> None:
-    """``checkpoints/checkpoint-NNNNNN`` (``models`` as its sub-folders), ``model/`` via ``save_model``, then prune."""
+    """``model/`` via ``save_model``, then ``checkpoints/checkpoint-NNNNNN`` (``models`` as its sub-folders), then prune.
+
+    The model folder comes first: the checkpoint marks step ``step`` done, so a kill between the two
+    writes makes the rerun redo those steps and rewrite ``model/``, never leave a stale one behind.
+    """
     output_dir, checkpoint_dir, _ = run_paths(cfg)
     if accelerator.is_main_process:
-        save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, models, optimizer, lr_scheduler, cfg)
         save_model(output_dir / "model", step)
+        save_training_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, models, optimizer, lr_scheduler, cfg)
         prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
     accelerator.wait_for_everyone()
 

@@ -726,10 +726,12 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
 
     def write_checkpoint(step: int) -> None:
         if accelerator.is_main_process:
-            save_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, raw_unet, raw_text_encoder, tokenizer,
-                            ema, optimizer, lr_scheduler, cfg)
+            # the pipeline first: a checkpoint marks step ``step`` done, so a kill between the two writes
+            # makes the rerun redo the steps and rewrite the pipeline (never a stale one beside a finished run)
             with_ema_weights(lambda: save_pipeline(output_dir / "pipeline", raw_unet, raw_text_encoder, tokenizer,
                                                    noise_scheduler))
+            save_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, raw_unet, raw_text_encoder, tokenizer,
+                            ema, optimizer, lr_scheduler, cfg)
             prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
         accelerator.wait_for_everyone()
 
