@@ -22,12 +22,31 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], object]) 
     try:
         write(temporary)
         os.chmod(temporary, _file_mode(path))
+        fsync_path(temporary)  # the bytes are on disk before the name points at them
         os.replace(temporary, path)
+        fsync_path(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
     return path
+
+
+def fsync_path(path: Union[str, os.PathLike]) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename after it survives a power cut)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(folder: Union[str, os.PathLike]) -> None:
+    """:func:`fsync_path` every file and folder under ``folder``, the folder itself last."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 def _file_mode(path: str) -> int:

@@ -135,3 +135,31 @@ def test_mesh_dir_renders_a_y_up_glb_upright(tmp_path, capfd):
     capfd.readouterr()
     assert main(base + ["--out", str(tmp_path / "upright"), "--up-axis", "+z"]) == 2  # a resume must keep the axis
     assert "up_axis" in capfd.readouterr().err
+
+
+def test_mesh_dir_problems_are_errors_not_empty_renders(tmp_path, capfd):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["render", "--mesh-dir", str(empty), "--out", str(tmp_path / "o1"), "--workers", "1"]) == 2
+    assert "holds no mesh files" in capfd.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["render", "--split", "objects3d", "--num-objects", "1", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capfd.readouterr().err
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    box = trimesh.creation.box()
+    broken = box.copy()
+    broken.vertices[0] = np.nan
+    broken.export(meshes / "nan.ply")
+    huge = box.copy()
+    huge.vertices = huge.vertices * 1e30  # (1e200 overflows .ply's float32 to inf: the NaN case)
+    huge.export(meshes / "huge.ply")
+    box.export(meshes / "fine.ply")
+    out = tmp_path / "o2"
+    with pytest.warns(UserWarning) as warned:
+        assert main(["render", "--mesh-dir", str(meshes), "--out", str(out), "--resolution", "16", "--num-views", "1",
+                     "--num-input-views", "1", "--workers", "1", "--no-mesh"]) == 1  # failures: exit 1
+    assert "rendered 1, skipped 0 (complete), failed 2" in capfd.readouterr().out
+    messages = " ".join(str(w.message) for w in warned)  # each failure named with its file and cause
+    assert "nan.ply: 1 vertices have NaN" in messages and "huge.ply: vertex coordinates span" in messages
+    assert sorted(n for n in os.listdir(out) if n != "render.json") == ["fine"]

@@ -499,3 +499,17 @@ def test_stale_temporaries_of_dead_processes_are_cleaned_up(tmp_path):
     (tmp_path / f".tmp-model-{os.getpid()}").mkdir()  # a live writer's folder: left alone
     remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".tmp-model-{os.getpid()}", "model", "pipeline"]
+
+
+def test_a_resume_keeps_seed_and_batch_size_and_the_log_has_each_step_once(data_dir, tmp_path):
+    settings = {**tiny_settings(data_dir, tmp_path / "run"), "validation_steps": 0}
+    main(FoundationTrainConfig(**{**settings, "max_train_steps": 3, "stop_at_step": 2}))
+    log = tmp_path / "run" / "log.jsonl"
+    with open(log, "a") as handle:  # what a run killed after step 2's checkpoint would have logged
+        handle.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
+    for name, value in (("seed", 1), ("batch_size", 2)):
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} .* differs from the checkpoint"):
+            main(FoundationTrainConfig(**{**settings, "resume": "latest", name: value}))
+    main(FoundationTrainConfig(**{**settings, "resume": "latest"}))
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3]

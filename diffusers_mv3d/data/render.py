@@ -276,6 +276,12 @@ def load_mesh(path: str, radius: float = OBJECT_RADIUS, up_axis: str = "auto") -
         for m in meshes:
             m.visual = trimesh.visual.ColorVisuals(m, face_colors=m.visual.face_colors)
     mesh = trimesh.util.concatenate(meshes) if len(meshes) > 1 else meshes[0]
+    vertices = np.asarray(mesh.vertices)
+    if not np.isfinite(vertices).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(vertices)).any(axis=1).sum())} vertices have NaN or infinite coordinates")
+    if np.abs(vertices).max() > 1e12 or np.ptp(vertices, axis=0).max() <= 0:
+        raise ValueError(f"{path}: vertex coordinates span [{vertices.min():.3g}, {vertices.max():.3g}], which cannot be "
+                         "normalised (expected finite coordinates below 1e12 and a non-zero extent)")
     transform = np.eye(4)
     transform[:3, :3] = rotation
     mesh.apply_transform(transform)

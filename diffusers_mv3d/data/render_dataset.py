@@ -70,6 +70,8 @@ class RenderConfig:
             raise ValueError(f"--num-objects must be a positive integer with --split, got {self.num_objects}")
         if self.mesh_dir is not None and not os.path.isdir(self.mesh_dir):
             raise ValueError(f"--mesh-dir is not a folder: {self.mesh_dir}")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise ValueError(f"--out {self.out} is a file, not a folder")
         if self.resolution < 1:
             raise ValueError(f"--resolution must be positive, got {self.resolution}")
         if not 1 <= self.num_input_views <= self.num_views:
@@ -174,6 +176,8 @@ def find_meshes(mesh_dir: str) -> List[Tuple[str, str]]:
                 path = os.path.join(folder, name)
                 stem = os.path.splitext(os.path.relpath(path, mesh_dir))[0]
                 found.append((re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.replace(os.sep, "_")), path))
+    if not found:
+        raise ValueError(f"--mesh-dir {mesh_dir} holds no mesh files ({', '.join(MESH_EXTENSIONS)}), searched recursively")
     ids = [object_id for object_id, _ in found]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..io_utils import atomic_write, fsync_path, fsync_tree
 from .config import config_to_dict, flag_name
 
 __all__ = [
@@ -78,7 +79,9 @@ def write_atomically(final: Path, write: Callable[[Path], None]) -> None:
     tmp.mkdir()
     try:
         write(tmp)
+        fsync_tree(tmp)  # every file on disk before the rename publishes the folder
         replace_dir(tmp, final)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,6 +190,13 @@ def resolve_resume(cfg) -> Optional[Path]:
         remove_stale_temporaries(folder)
     if cfg.resume is None:
         return None
+    path = _resume_folder(cfg, output_dir)
+    if path is not None:
+        trim_log(output_dir / "log.jsonl", int(json.loads((path / STATE_FILE).read_text())["step"]))
+    return path
+
+
+def _resume_folder(cfg, output_dir: Path) -> Optional[Path]:
     if cfg.resume == "latest":
         return newest_intact_checkpoint(output_dir / "checkpoints")
     path = Path(cfg.resume)
@@ -199,13 +209,41 @@ def resolve_resume(cfg) -> Optional[Path]:
     return path
 
 
+RESUME_KEEPS = ("seed", "batch_size")  # the batch stream is a function of (seed, step, batch size)
+
+
 def check_architecture(cfg, checkpoint: Path) -> None:
-    """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``)."""
-    saved = json.loads((checkpoint / STATE_FILE).read_text())["architecture"]
+    """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``) and those
+    that fix its batch stream (:data:`RESUME_KEEPS`), so that it continues the run it resumes."""
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    saved = state["architecture"]
     for name, value in cfg.architecture().items():
         if saved.get(name) != value:
             raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
                              f"({checkpoint}); a resumed run keeps the architecture")
+    settings, current = state.get("config", {}), config_to_dict(cfg)
+    for name in RESUME_KEEPS:
+        if name in settings and name in current and settings[name] != current[name]:
+            raise ValueError(f"{flag_name(name)} {current[name]!r} differs from the checkpoint's {settings[name]!r} "
+                             f"({checkpoint}); a resumed run keeps it (start a new --output-dir to change it)")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the ``log.jsonl`` records of steps after ``step`` (written by a run killed after its last
+    checkpoint; the resumed run writes them again), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or _record_step(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", -1))
+    except (ValueError, AttributeError):  # a line cut by a kill, or not a record: dropped
+        return float("inf")
 
 
 # ----------------------------------------------------------------------------------------------
