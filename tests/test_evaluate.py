@@ -94,6 +94,19 @@ def test_config_errors_name_the_flag():
         EvaluationConfig(model="m", views=1)
     with pytest.raises(ValueError, match="--model"):
         EvaluationConfig()
+    with pytest.raises(ValueError, match="--seeds"):
+        EvaluationConfig(model="m", seeds=(0, -1))
+
+
+def test_evaluate_refuses_an_out_file_before_sampling(tiny_folder, tmp_path, capsys, monkeypatch):
+    import diffusers_mv3d.evaluation.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    (tmp_path / "a-file").write_text("")
+    argv = ["evaluate", "--model", str(tiny_folder / "pipe"), "--prompts", str(tiny_folder / "prompts.json"), *FAST,
+            "--out", str(tmp_path / "a-file")]
+    assert cli.main(argv) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- variants

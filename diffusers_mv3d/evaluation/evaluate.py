@@ -381,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # before any sampling: the work would be lost at the end
+        raise ValueError(f"--out {out} is a file, not a folder")
     results = evaluate(cfg, views_dir=str(out / "views"))
     command = "diffusers-mv3d evaluate " + given_flags(args)
     print(write_results(results, str(out / "results.md"), str(out / "results.json"), command), end="")

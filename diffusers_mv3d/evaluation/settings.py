@@ -188,6 +188,8 @@ class EvaluationConfig:
             raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {self.num_threads}")
         if self.image_to_multiview < 0:
             raise ValueError(f"--image-to-multiview must be >= 0, got {self.image_to_multiview}")
+        if any(seed < 0 for seed in self.seeds):
+            raise ValueError(f"--seeds must be >= 0, got {list(self.seeds)}")
         for name in ("hull_resolution", "recon_resolution", "mesh_resolution", "mesh_iou_resolution", "chamfer_points"):
             if getattr(self, name) < 2:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 2, got {getattr(self, name)}")
