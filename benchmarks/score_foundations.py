@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         if folder == args.models[0]:
             shifted = labels[1:] + labels[:1]  # every image against a neighbouring object's prompt
             negative = {"model": "negative control (first model, other objects' prompts)",
-                        **score(images, shifted, classifier), "noise_r": float("nan")}
+                        **score(images, shifted, classifier), "white_bg": float("nan"), "noise_r": float("nan")}
     truth = ground_truth_images(objects, resolution=grids[0].shape[-1])
     rows += [{"model": "ground truth (renders of the same objects)", **score(truth, labels[: len(prompts)], classifier),
               "noise_r": float("nan")}, negative]

@@ -513,3 +513,16 @@ def test_a_resume_keeps_seed_and_batch_size_and_the_log_has_each_step_once(data_
     main(FoundationTrainConfig(**{**settings, "resume": "latest"}))
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_the_foundation_v2_config_is_the_v1_config_plus_the_pilots_winning_recipe():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, FoundationTrainConfig)
+    v1 = config_from_args(FoundationTrainConfig, parser.parse_args(["--config", str(REPO / "configs" / "foundation-tiny.yaml")]))
+    v2 = config_from_args(FoundationTrainConfig, parser.parse_args(["--config", str(REPO / "configs" / "foundation-v2-tiny.yaml")]))
+    changed = {f.name for f in dataclasses.fields(FoundationTrainConfig) if getattr(v1, f.name) != getattr(v2, f.name)}
+    recipe = {"prediction_type", "zero_terminal_snr", "snr_gamma", "init_from", "lr_warmup_steps"}
+    bookkeeping = {"output_dir", "num_threads", "checkpointing_steps", "resume"}
+    assert changed == recipe | bookkeeping
+    assert (v2.prediction_type, v2.zero_terminal_snr, v2.snr_gamma) == ("v_prediction", True, 5.0)
+    assert v2.architecture() == v1.architecture()  # the v1 weights it starts from fit
