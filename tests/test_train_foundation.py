@@ -487,6 +487,12 @@ def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_a_named_one_is_an_e
         assert newest_intact_checkpoint(checkpoints) is None  # nothing intact: a fresh start
 
 
+def test_an_output_dir_that_is_a_file_is_a_clear_error(data_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="--output-dir .* is a file"):
+        main(FoundationTrainConfig(**tiny_settings(data_dir, tmp_path / "a-file")))
+
+
 def test_stale_temporaries_of_dead_processes_are_cleaned_up(tmp_path):
     from diffusers_mv3d.training.checkpointing import remove_stale_temporaries
 

@@ -186,6 +186,8 @@ def resolve_resume(cfg) -> Optional[Path]:
     ``cfg`` has ``resume`` (None, ``"latest"`` or a checkpoint folder) and ``output_dir``.
     """
     output_dir = Path(cfg.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{flag_name('output_dir')} {cfg.output_dir} is a file, not a folder")
     for folder in (output_dir, output_dir / "checkpoints"):
         remove_stale_temporaries(folder)
     if cfg.resume is None:
