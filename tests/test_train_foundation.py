@@ -19,21 +19,23 @@ import torch
 from PIL import Image, ImageDraw
 
 from diffusers_mv3d.training.config import add_dataclass_arguments, config_from_args, field_docs
-from diffusers_mv3d.training.train_foundation import (
+from diffusers_mv3d.training.diffusion_loss import (
     DiffusionTerms,
-    FoundationTrainConfig,
-    build_noise_scheduler,
-    build_unet,
     diffusion_loss,
-    global_batch_indices,
-    latest_checkpoint,
-    main,
     min_snr_weights,
     model_log_variance,
     predicted_x0_and_eps,
-    save_checkpoint,
     training_target,
     vlb_bits_per_dim,
+)
+from diffusers_mv3d.training.train_foundation import (
+    FoundationTrainConfig,
+    build_noise_scheduler,
+    build_unet,
+    global_batch_indices,
+    latest_checkpoint,
+    main,
+    save_checkpoint,
 )
 from diffusers_mv3d.training.text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
 
