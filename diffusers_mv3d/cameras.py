@@ -268,9 +268,9 @@ class Cameras:
         Returns:
             ``uv [..., N, 2]`` continuous pixel coordinates and ``depth [..., N]`` (camera z).
         """
-        rotation = self.world_to_camera[..., None, :3, :3]  # [..., 1, 3, 3]
+        rotation = self.world_to_camera[..., :3, :3]  # [..., 3, 3]
         translation = self.world_to_camera[..., None, :3, 3]  # [..., 1, 3]
-        p_cam = (rotation @ points.unsqueeze(-1)).squeeze(-1) + translation  # [..., N, 3]
+        p_cam = torch.einsum("...ij,...nj->...ni", rotation, points) + translation  # [..., N, 3]
         depth = p_cam[..., 2]
         k = self.intrinsics[..., None, :, :]  # [..., 1, 3, 3]
         z = depth.clamp(min=1e-6)

@@ -18,6 +18,8 @@ from .settings import BASELINE_VARIANTS, REFERENCE_VARIANTS, EvalPrompt
 
 _RATIOS = {"k0": 0.0, "k0.25": 0.25, "k0.5": 0.5, "k1": 1.0}
 _SCALES = {"alpha3": 3.0, "alpha15": 15.0}
+_SAMPLING = {"full-cost": {"share_branch": False, "neus_interval": 1}, "neus1": {"neus_interval": 1},
+             "neus3": {"neus_interval": 3}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def variant_call_arguments(variant: str) -> Dict[str, Any]:
         return {"consistency_scale": _SCALES[variant]}
     if variant == "no-neus":
         return {"consistency_ratio": 0.0}
-    return {}
+    return dict(_SAMPLING.get(variant, {}))
 
 
 def variant_settings(pipe, variant: str) -> str:

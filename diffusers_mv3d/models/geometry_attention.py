@@ -105,24 +105,28 @@ class GeometryAwareAttention(nn.Module):
         points, point_weights, inside = frustum_samples(
             sample_points.detach(), sample_weights, ray_resolution, (h, w), self.neighbourhood, self.samples_per_ray
         )  # [B, Vq, hw, M, 3], [B, Vq, hw, M]
-        m = points.shape[3]
+        m, heads, head_dim = points.shape[3], self.num_heads, channels // self.num_heads
         x = self.norm(hidden_states.permute(0, 1, 3, 4, 2))  # [B, V, h, w, C]
-        query = self.to_q(x).reshape(batch, views, h * w, self.num_heads, -1)  # [B, Vq, hw, heads, d]
-        key_value = torch.cat([self.to_k(x), self.to_v(x)], -1).permute(0, 1, 4, 2, 3)  # [B, Vk, 2C, h, w]
 
-        # project every frustum point into every view: uv [B, Vk, Vq*hw*M, 2]
+        # Keys and values are affine in the features, and bilinear interpolation is linear: so sample
+        # the normalised features x (plus a ones channel that carries each sample's interpolation
+        # mass n, below 1 at the image border) and fold to_k into the query and to_v after the sum:
+        #   q . (W_k x_s + b_k n) = (W_k^T q) . x_s + (q . b_k) n,   sum a (W_v x_s + b_v n) = W_v sum a x_s + b_v sum a n
+        source = torch.cat([x, torch.ones_like(x[..., :1])], -1).permute(0, 1, 4, 2, 3)  # [B, Vk, C+1, h, w]
         level_cameras = cameras.rescale(h, w)
-        uv, depth = level_cameras.project(points.reshape(batch, 1, -1, 3))
-        grid = (2.0 * uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) - 1.0).to(key_value.dtype)
+        uv, depth = level_cameras.project(points.reshape(batch, 1, -1, 3))  # [B, Vk, Vq*hw*M, 2]
+        grid = (2.0 * uv / torch.tensor([w, h], dtype=uv.dtype, device=uv.device) - 1.0).to(x.dtype)
         valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)  # [B, Vk, Vq*hw*M]
-        sampled = F.grid_sample(fold_views(key_value), fold_views(grid)[:, :, None], align_corners=False)
-        sampled = unfold_views(sampled.squeeze(-1), views)  # [B, Vk, 2C, Vq*hw*M]
-        heads, head_dim = self.num_heads, channels // self.num_heads
-        # keys and values stay in the sampled layout (no copies): [B, Vk, heads, d, Vq, hw, M]
-        key_value = sampled.view(batch, views, 2, heads, head_dim, views, h * w, m)
-        key, value = key_value[:, :, 0], key_value[:, :, 1]
-        q = query.permute(0, 3, 4, 1, 2)[:, None, :, :, :, :, None]  # [B, 1, heads, d, Vq, hw, 1]
-        logits = (key * q).sum(3) / head_dim**0.5  # [B, Vk, heads, Vq, hw, M]
+        sampled = F.grid_sample(fold_views(source), fold_views(grid)[:, :, None], align_corners=False)
+        # the candidate keys stay in the sampled layout (no copies): [B, Vk, 1, C + 1, Vq, hw, M]
+        sampled = sampled.view(batch, views, 1, channels + 1, views, h * w, m)
+
+        query = self.to_q(x).reshape(batch, views, h * w, heads, head_dim)
+        query_x = torch.cat([
+            torch.einsum("bqphd,hdc->bhcqp", query, self.to_k.weight.view(heads, head_dim, channels)),
+            torch.einsum("bqphd,hd->bhqp", query, self.to_k.bias.view(heads, head_dim))[:, :, None],
+        ], 2)  # [B, heads, C + 1, Vq, hw]
+        logits = (sampled * query_x[:, None, ..., None]).sum(3) / head_dim**0.5  # [B, Vk, heads, Vq, hw, M]
 
         # only other views, only points that project into them, only frustum rays inside the image
         other_view = ~torch.eye(views, dtype=torch.bool, device=valid.device)  # [Vk, Vq]
@@ -135,6 +139,8 @@ class GeometryAwareAttention(nn.Module):
         attention = torch.softmax(flat, dim=-1).nan_to_num(0.0)  # rows with no valid key give zeros
         attention = attention.view(batch, heads, views, h * w, views, m).permute(0, 4, 1, 2, 3, 5)
         attention = attention * point_weights[:, None, None]  # [B, Vk, heads, Vq, hw, M]
-        out = (value * attention[:, :, :, None]).sum(dim=(1, 6))  # [B, heads, d, Vq, hw]
-        out = out.permute(0, 3, 4, 1, 2).reshape(batch, views, h, w, channels)
+        mixed = (sampled * attention[:, :, :, None]).sum(dim=(1, 6))  # [B, heads, C + 1, Vq, hw]
+        out = torch.einsum("bhcqp,hdc->bqphd", mixed[:, :, :channels], self.to_v.weight.view(heads, head_dim, channels))
+        out = out + mixed[:, :, channels].permute(0, 2, 3, 1)[..., None] * self.to_v.bias.view(heads, head_dim)
+        out = out.reshape(batch, views, h, w, channels)
         return hidden_states + self.to_out(out).permute(0, 1, 4, 2, 3)

@@ -150,11 +150,36 @@ class NeuSField(nn.Module):
         self.color_mlp = nn.Sequential(*color_layers)
 
     def forward(self, points, features, directions, temb) -> Tuple[torch.Tensor, torch.Tensor]:
-        # points [..., 3], features [..., Fa], directions [..., 3], temb [..., T] -> sdf [...], color [..., C]
-        geometry = self.sdf_trunk(torch.cat([positional_encoding(points, self.num_frequencies), features, temb], -1))
+        """``points [..., 3]``, ``features [..., Fa]`` -> ``sdf [...]``, ``color [..., C]``.
+
+        ``directions [..., 3]`` and ``temb [..., T]`` broadcast against the points' leading dims (one
+        direction a ray, one embedding an object): their share of the first layers is computed once
+        and added, rather than copied to every sample.
+        """
+        first_sdf = self.sdf_trunk[0]
+        per_point = torch.cat([positional_encoding(points, self.num_frequencies), features], -1)
+        hidden = _linear_in_parts(first_sdf, [per_point], [temb])
+        geometry = self.sdf_trunk[1:](hidden)
         sdf = points.norm(dim=-1) - self.init_radius + self.sdf_head(geometry).squeeze(-1)
-        color = self.color_mlp(torch.cat([geometry, features, directions, temb], -1))
+        first_color = self.color_mlp[0]
+        hidden = _linear_in_parts(first_color, [geometry, features], [directions, temb])
+        color = self.color_mlp[1:](hidden)
         return sdf, color
+
+
+def _linear_in_parts(layer: nn.Linear, per_point: Sequence[torch.Tensor], shared: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``layer(cat(per_point + shared, -1))`` without broadcasting ``shared`` (tensors with size-1 leading
+    dims, e.g. one direction a ray) to every point: the weight's columns are split by input, the
+    per-point inputs go through one matmul, the shared ones through their own small ones."""
+    parts = list(per_point) + list(shared)
+    weights = layer.weight.split([part.shape[-1] for part in parts], dim=1)
+    points_in = torch.cat(list(per_point), -1) if len(per_point) > 1 else per_point[0]
+    out = F.linear(points_in, torch.cat(weights[: len(per_point)], 1), layer.bias)
+    # contiguous copies: a column slice of a loaded weight (safetensors' are not 64-byte aligned) would make
+    # the result depend on where the weight sits in memory, and a save/load round trip drift
+    for part, weight in zip(shared, weights[len(per_point):]):
+        out = out + F.linear(part, weight.contiguous())
+    return out
 
 
 @dataclass
@@ -306,16 +331,15 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             fold_views(context.features), fold_views(grid)[:, :, None], align_corners=False, padding_mode="zeros"
         )  # [(B V), F, P, 1]
         sampled = unfold_views(sampled.squeeze(-1), num_views) * valid[:, :, None]  # [B, V, F, P]
-        count = valid.sum(1, keepdim=True).clamp(min=1)[:, :, None]  # [B, 1, 1, P]
-        mean = sampled.sum(1, keepdim=True) / count
-        var = ((sampled - mean) ** 2 * valid[:, :, None]).sum(1, keepdim=True) / count
-        return torch.cat([mean, var], dim=2).squeeze(1).transpose(1, 2)  # [B, P, 2F]
+        count = valid.sum(1).clamp(min=1)[:, None]  # [B, 1, P]
+        mean = sampled.sum(1) / count
+        var = ((sampled * sampled).sum(1) / count - mean * mean).clamp(min=0)  # E[f^2] - E[f]^2
+        return torch.cat([mean, var], dim=1).transpose(1, 2)  # [B, P, 2F]
 
     def sdf(self, points: torch.Tensor, context: NeuSContext) -> torch.Tensor:
         """Signed distance ``[B, P]`` at world ``points [B, P, 3]`` given encoded views."""
         features = self.aggregate(points, context)
-        temb = context.temb[:, None].expand(-1, points.shape[1], -1)
-        sdf, _ = self.field(points, features, torch.zeros_like(points), temb)
+        sdf, _ = self.field(points, features, points.new_zeros(1, 1, 3), context.temb[:, None])
         return sdf
 
     # ------------------------------------------------------------------ eq. 3
@@ -324,9 +348,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         batch, rays, samples = points.shape[:3]
         flat = points.reshape(batch, rays * samples, 3)
         features = self.aggregate(flat, context).reshape(batch, rays, samples, -1)
-        temb = context.temb[:, None, None].expand(batch, rays, samples, -1)
-        dirs = directions[:, :, None].expand(-1, -1, samples, -1)
-        return self.field(points, features, dirs, temb)
+        return self.field(points, features, directions[:, :, None], context.temb[:, None, None])
 
     def _render_rays(self, origins, directions, context: NeuSContext, generator: Optional[torch.Generator] = None):
         # origins, directions [B, R, 3] -> colors [B, R, C], distance [B, R], opacity [B, R], points, weights

@@ -159,7 +159,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                      callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None,
-                     num_inference_steps=1, guidance_scale=1.0):
+                     num_inference_steps=1, guidance_scale=1.0, neus_interval=1):
         if isinstance(num_views, bool) or not isinstance(num_views, numbers.Integral) or num_views < 1:
             raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
         if prompt is not None and not isinstance(prompt, str) and not (
@@ -189,6 +189,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 raise ValueError(f"reference_images index {index!r} is out of range for num_views={num_views}")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
+        if isinstance(neus_interval, bool) or not isinstance(neus_interval, numbers.Integral) or neus_interval < 1:
+            raise ValueError(f"neus_interval must be an int >= 1, got {neus_interval!r}")
         if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
@@ -282,23 +284,32 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
     # ------------------------------------------------------------------ one denoiser evaluation
-    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None) -> torch.Tensor:
+    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None,
+                      share_branch: bool = False) -> torch.Tensor:
         """Branch + frozen UNet on the folded views; ``neus_output=None`` drops the NeuS (§3.3).
 
         ``latents [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``; with classifier-free
-        guidance ``B`` is twice the number of objects and ``neus_output`` covers one half.
+        guidance ``B`` is twice the number of objects (unconditional half first) and ``neus_output``
+        covers one half. ``share_branch`` (with guidance): the branch runs on the conditional half
+        only and its residuals serve both halves of the UNet batch (half the branch's cost).
         ``cross_attention_kwargs`` go to the attention processors of the branch and the UNet.
         """
+        branch_latents, branch_t, branch_text = latents, timesteps, text
+        if share_branch:
+            half = latents.shape[0] // 2
+            branch_latents, branch_t, branch_text = latents[half:], timesteps[half:], text[half:]
         branch_inputs = {}
         if neus_output is not None:
-            repeat = latents.shape[0] // neus_output.x0.shape[0]
+            repeat = branch_latents.shape[0] // neus_output.x0.shape[0]
             branch_inputs = dict(
                 neus_render=neus_output.x0.repeat(repeat, 1, 1, 1, 1),
                 sample_points=neus_output.sample_points.repeat(repeat, 1, 1, 1, 1),
                 sample_weights=neus_output.sample_weights.repeat(repeat, 1, 1, 1),
             )
-        down, mid = self.controlnet(latents, timesteps, text, cameras, return_dict=False,
+        down, mid = self.controlnet(branch_latents, branch_t, branch_text, cameras, return_dict=False,
                                     cross_attention_kwargs=cross_attention_kwargs, **branch_inputs)
+        if share_branch:
+            down, mid = tuple(torch.cat([d, d]) for d in down), torch.cat([mid, mid])
         num_views = latents.shape[1]
         noise = self.unet(
             fold_views(latents),
@@ -327,6 +338,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         consistency_ratio: Optional[float] = None,
         consistency_scale: Optional[float] = None,
         eta: Optional[float] = None,
+        share_branch: bool = True,
+        neus_interval: int = 2,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
@@ -355,6 +368,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
             consistency_scale: alpha of eq. 4; the scheduler's config if None.
             eta: DDIM's eta (0 deterministic, 1 as stochastic as DDPM; the fresh noise comes from
                 ``generator``); the scheduler's config if None. Other schedulers ignore it.
+            share_branch: with classifier-free guidance, run the branch on the conditional half only and
+                give its residuals to both UNet halves; a consistency step then reruns only the
+                conditional half without NeuS and reuses the unconditional prediction. ``False`` runs
+                the branch on both halves (twice the branch's cost; docs/results.md compares them).
+            neus_interval: render the NeuS condition every this many steps and reuse it in between
+                (1: every step).
             generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
@@ -371,7 +390,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
             references[0] = image
         self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
-                          num_inference_steps, guidance_scale)
+                          num_inference_steps, guidance_scale, neus_interval)
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs = cross_attention_kwargs
         device, dtype = self._execution_device, self.unet.dtype
@@ -416,6 +435,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         step_generator = [g for g in generator for _ in range(num_views)] if isinstance(generator, list) else generator
         neus_generator = generator[0] if isinstance(generator, list) else generator  # jitter in train mode only
         self._num_timesteps = len(timesteps)
+        neus_output = None
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 # 7.1 per-view timesteps: reference views are clean, at t = 0
@@ -423,24 +443,29 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 view_t[:, reference_index] = 0
                 model_input = self._clamp_references(self.scheduler.scale_model_input(latents, t), reference_index, reference_latents)
 
-                # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3)
-                neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
+                # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3),
+                # every ``neus_interval`` steps (reused in between)
+                if neus_output is None or i % neus_interval == 0:
+                    neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
 
                 # 7.3 branch + frozen UNet, with classifier-free guidance on the text
                 doubled = torch.cat([model_input] * 2) if do_cfg else model_input
                 doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
-                noise = self._guide_text(
-                    self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs),
-                    self._guidance_scale, do_cfg,
-                )
+                noise = self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs,
+                                           share_branch=share_branch and do_cfg)
+                uncond, cond = noise.chunk(2) if do_cfg else (None, noise)
 
-                # 7.4 consistency guidance (§3.3): the same step without the NeuS condition
+                # 7.4 consistency guidance (§3.3): the same step without the NeuS condition; a shared
+                # branch reruns the conditional half only and reuses the unconditional prediction
                 noise_without_neus = None
-                if i in consistency_steps:
-                    noise_without_neus = self._guide_text(
-                        self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs),
-                        self._guidance_scale, do_cfg,
-                    )
+                if i in consistency_steps and share_branch and do_cfg:
+                    cond_without_neus = self.predict_noise(model_input, view_t, prompt_embeds, space_cameras, None,
+                                                           cross_attention_kwargs)
+                    noise_without_neus = self._guide_text(uncond, cond_without_neus)
+                elif i in consistency_steps:
+                    noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs)
+                    noise_without_neus = self._guide_text(*noise_without_neus.chunk(2)) if do_cfg else noise_without_neus
+                noise = self._guide_text(uncond, cond) if do_cfg else cond
 
                 # 7.5 scheduler step for every view (eq. 4 inside on consistency steps), references re-clamped
                 latents = self.scheduler.step(
@@ -479,12 +504,9 @@ class TuneMV3DPipeline(DiffusionPipeline):
         latents[:, reference_index] = reference_latents
         return latents
 
-    @staticmethod
-    def _guide_text(noise: torch.Tensor, guidance_scale: float, do_cfg: bool) -> torch.Tensor:
-        if not do_cfg:
-            return noise
-        uncond, cond = noise.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+    def _guide_text(self, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance at the current ``guidance_scale``."""
+        return uncond + self._guidance_scale * (cond - uncond)
 
     def _views_in_unit_range(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, V, C, h, w]`` latents -> ``[B*V, 3, H, W]`` images in [0, 1]."""
