@@ -96,3 +96,52 @@ def test_feature_resolution_may_differ_from_ray_resolution():
     out = attention(torch.randn(2, 3, 8, 4, 4), cameras.expand(2), points.expand(2, -1, -1, -1, -1),
                     weights.expand(2, -1, -1, -1), (16, 16))
     assert out.shape == (2, 3, 8, 4, 4) and torch.isfinite(out).all()
+
+
+def reference_attention(attention, hidden, cameras, points, weights, ray_resolution):
+    """The layer's formula written out directly: keys and values projected first, then interpolated
+    (the layer itself interpolates the normalised features and folds the projections around the sum)."""
+    batch, views, channels, h, w = hidden.shape
+    pts, point_weights, inside = frustum_samples(points, weights, ray_resolution, (h, w), attention.neighbourhood,
+                                                 attention.samples_per_ray)
+    m, heads = pts.shape[3], attention.num_heads
+    d = channels // heads
+    x = attention.norm(hidden.permute(0, 1, 3, 4, 2))
+    query = attention.to_q(x).reshape(batch, views, h * w, heads, d)
+    key_value = torch.cat([attention.to_k(x), attention.to_v(x)], -1).permute(0, 1, 4, 2, 3)
+    uv, depth = cameras.rescale(h, w).project(pts.reshape(batch, 1, -1, 3))
+    grid = 2.0 * uv / torch.tensor([w, h]) - 1.0
+    valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)
+    sampled = torch.nn.functional.grid_sample(key_value.flatten(0, 1), grid.flatten(0, 1)[:, :, None], align_corners=False)
+    sampled = sampled.reshape(batch, views, 2, heads, d, views, h * w, m)
+    out = torch.zeros(batch, views, h * w, heads, d)
+    for b in range(batch):
+        for q in range(views):
+            for p in range(h * w):
+                for head in range(heads):
+                    keep = [(k, j) for k in range(views) for j in range(m)
+                            if k != q and valid[b, k, (q * h * w + p) * m + j] and inside[b, q, p, j]]
+                    if not keep:
+                        continue
+                    keys = torch.stack([sampled[b, k, 0, head, :, q, p, j] for k, j in keep])
+                    values = torch.stack([sampled[b, k, 1, head, :, q, p, j] for k, j in keep])
+                    a = torch.softmax(keys @ query[b, q, p, head] / d**0.5, 0)
+                    a = a * torch.stack([point_weights[b, q, p, j] for _, j in keep])
+                    out[b, q, p, head] = a @ values
+    out = out.reshape(batch, views, h, w, channels)
+    return hidden + attention.to_out(out).permute(0, 1, 4, 2, 3)
+
+
+def test_matches_the_formula_with_projected_keys_and_values():
+    size = 6
+    cameras = default_cameras(3, resolution=size)
+    points, weights = sphere_samples(cameras, size)
+    attention = attention_with_random_output()
+    for layer in (attention.to_k, attention.to_v, attention.to_q):  # biases matter at the image border
+        torch.nn.init.normal_(layer.bias)
+    hidden = torch.randn(1, 3, 8, size, size)
+    with torch.no_grad():
+        got = attention(hidden, cameras.expand(1), points, weights, (size, size))
+        expected = reference_attention(attention, hidden, cameras.expand(1), points, weights, (size, size))
+    assert not torch.allclose(got, hidden)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

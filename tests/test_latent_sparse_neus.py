@@ -5,7 +5,9 @@ import torch
 from diffusers_mv3d.cameras import Cameras, default_cameras
 from diffusers_mv3d.models.latent_sparse_neus import (
     LatentSparseNeuS,
+    NeuSContext,
     alpha_to_weights,
+    positional_encoding,
     sample_pdf,
     sdf_to_alpha,
 )
@@ -155,3 +157,47 @@ def test_bad_input_raises():
         neus(torch.zeros(2, 3, 8, 8), 0, default_cameras(2, 8))
     with pytest.raises(ValueError, match="cameras"):
         neus(torch.zeros(1, 2, 3, 8, 8), 0, default_cameras(3, 8))
+
+
+def test_field_takes_per_ray_and_per_object_inputs_without_copies_and_matches_one_concatenated_layer():
+    torch.manual_seed(0)
+    model = LatentSparseNeuS(feature_channels=4, hidden_dim=16, timestep_embedding_dim=8)
+    field = model.field
+    points, features = torch.randn(2, 5, 7, 3), torch.randn(2, 5, 7, 8)
+    directions, temb = torch.randn(2, 5, 1, 3), torch.randn(2, 1, 1, 8)  # one a ray, one an object
+    with torch.no_grad():
+        sdf, color = field(points, features, directions, temb)
+        # the same MLPs applied to the inputs concatenated per sample
+        expand = lambda x: x.expand(2, 5, 7, -1)
+        trunk_in = torch.cat([positional_encoding(points, field.num_frequencies), features, expand(temb)], -1)
+        geometry = field.sdf_trunk(trunk_in)
+        expected_sdf = points.norm(dim=-1) - field.init_radius + field.sdf_head(geometry).squeeze(-1)
+        expected_color = field.color_mlp(torch.cat([geometry, features, expand(directions), expand(temb)], -1))
+    torch.testing.assert_close(sdf, expected_sdf)
+    torch.testing.assert_close(color, expected_color)
+
+
+def test_aggregate_is_the_mean_and_variance_over_the_views_that_see_a_point():
+    torch.manual_seed(0)
+    model = LatentSparseNeuS(feature_channels=4)
+    cameras = default_cameras(3, resolution=8).expand(1)
+    features = torch.randn(1, 3, 4, 8, 8)
+    context = NeuSContext(features, cameras, torch.zeros(1, 8))
+    # seen by all three views, by views 1 and 2, by view 0 alone, by none
+    points = torch.tensor([[[0.1, -0.2, 0.05], [1.5, 0.0, 0.0], [-1.2, 0.5, 0.2], [0.0, 0.0, 2.4]]])
+    got = model.aggregate(points, context)[0]  # [P, 2F]
+    uv, depth = cameras.project(points[:, None])
+    for p in range(points.shape[1]):
+        seen = []
+        for v in range(3):
+            u, w = uv[0, v, p]
+            if depth[0, v, p] > 1e-4 and 0 <= u <= 8 and 0 <= w <= 8:
+                grid = torch.stack([2 * u / 8 - 1, 2 * w / 8 - 1]).view(1, 1, 1, 2)
+                seen.append(torch.nn.functional.grid_sample(features[:, v], grid, align_corners=False).flatten())
+        assert len(seen) == [3, 2, 1, 0][p]
+        if not seen:
+            assert torch.equal(got[p], torch.zeros(8))
+            continue
+        stacked = torch.stack(seen)
+        torch.testing.assert_close(got[p, :4], stacked.mean(0), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got[p, 4:], stacked.var(0, unbiased=False), atol=1e-5, rtol=1e-4)

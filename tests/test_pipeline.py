@@ -233,6 +233,8 @@ def test_custom_cameras_are_used(pipe):
         (dict(consistency_ratio=2.0), "consistency_ratio"),
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(num_inference_steps=-3), "num_inference_steps"),
+        (dict(neus_interval=0), "neus_interval"),
+        (dict(neus_interval=1.5), "neus_interval"),
         (dict(guidance_scale=float("nan")), "guidance_scale"),
         (dict(image=np.full((16, 16, 3), np.nan, dtype=np.float32)), "NaN"),
         (dict(image=np.full((16, 16, 3), 2.0, dtype=np.float32)), r"\[0, 1\]"),
@@ -329,3 +331,51 @@ def test_meshing_runs_the_offload_hook_of_the_model_it_uses():
     without_mesh = Recording.calls
     run(pipe, num_views=2, num_inference_steps=1, return_mesh=True, mesh_resolution=8)
     assert Recording.calls == 2 * without_mesh + 1  # the same steps, and once more for the mesh
+
+
+# ------------------------------------------------------------------ sampling cost levers (issue 14)
+def count_calls(module, sizes):
+    """A forward pre-hook appending the batch size of each call's first tensor argument to ``sizes``."""
+    return module.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+
+
+def test_shared_branch_runs_the_branch_on_the_conditional_half_only(pipe):
+    branch_batches, unet_batches = [], []
+    handles = [count_calls(pipe.controlnet, branch_batches), count_calls(pipe.unet, unet_batches)]
+    try:
+        run(pipe, share_branch=True, consistency_ratio=1.0)  # every step a consistency step
+        shared = (list(branch_batches), list(unet_batches))
+        branch_batches.clear(), unet_batches.clear()
+        run(pipe, share_branch=False, consistency_ratio=1.0)
+        full = (list(branch_batches), list(unet_batches))
+    finally:
+        for handle in handles:
+            handle.remove()
+    views = 4
+    # a step: branch on 1 object (not 2 CFG halves) + UNet on 2V views; the consistency pass: 1 object, V views
+    assert shared == ([1, 1] * STEPS, [2 * views, views] * STEPS)
+    assert full == ([2, 2] * STEPS, [2 * views, 2 * views] * STEPS)
+
+
+def test_shared_branch_equals_the_full_branch_when_both_halves_see_the_same_text(pipe):
+    text, _ = pipe.encode_prompt("a red chair with armrests", "cpu", do_classifier_free_guidance=False)
+    same = dict(prompt=None, prompt_embeds=text, negative_prompt_embeds=text, guidance_scale=3.0)
+    shared = run(pipe, share_branch=True, **same).images
+    full = run(pipe, share_branch=False, **same).images
+    np.testing.assert_allclose(shared, full, atol=1e-5)
+    different = run(pipe, share_branch=False).images  # with the empty negative prompt they differ
+    assert not np.allclose(run(pipe, share_branch=True).images, different, atol=1e-5)
+
+
+@pytest.mark.parametrize("interval, renders", [(1, 4), (2, 2), (3, 2), (10, 1)])
+def test_neus_renders_every_interval_steps(pipe, interval, renders):
+    calls = []
+    handle = count_calls(pipe.neus, calls)
+    try:
+        run(pipe, num_inference_steps=4, neus_interval=interval)
+    finally:
+        handle.remove()
+    assert len(calls) == renders
+    if interval > 1:
+        assert not np.array_equal(run(pipe, num_inference_steps=4, neus_interval=interval).images,
+                                  run(pipe, num_inference_steps=4, neus_interval=1).images)
