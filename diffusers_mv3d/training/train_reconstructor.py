@@ -6,7 +6,8 @@ the same in every view) of all 16 views, supervised by the rendered colours (MSE
 the opacity, ``--mask-loss-weight``) and the eikonal term ``(|grad sdf| - 1)^2`` at
 ``--eikonal-points`` random points in the object cube (``--eikonal-weight``; a double backward, but
 at 256 points a step it costs ~nothing next to the rays: not the ray-sample normals of CPU-FACTS). At
-generation time it turns the generated views into an SDF, and ``extract_mesh`` into the mesh.
+generation time it turns the generated views into an SDF, and :func:`~diffusers_mv3d.mesh.mesh_from_neus` into
+the mesh.
 
 Launch::
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
+from ..mesh import mesh_from_neus
 from .checkpointing import check_architecture, resolve_resume, write_atomically
 from .common import (
     add_trainer_parser,
@@ -296,7 +298,7 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
         mesh = None
         if mesh_resolution:
             try:
-                mesh = neus.extract_mesh(context, mesh_resolution)
+                mesh = mesh_from_neus(neus, context, mesh_resolution)
             except ValueError:  # an SDF without a surface yet (early training)
                 mesh = None
     finally:
@@ -319,11 +321,12 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
 
 
 USAGE = """
+from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 
 reconstructor = LatentSparseNeuS.from_pretrained("PATH", subfolder="reconstructor")
 context = reconstructor.encode(views, 0, cameras)       # views [1, V, 3, H, W] in [-1, 1]
-mesh = reconstructor.extract_mesh(context, resolution=128)
+mesh = mesh_from_neus(reconstructor, context, resolution=128)
 """
 
 
