@@ -433,10 +433,11 @@ def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
 _KILLING_RUN = """
 import json, os, signal, sys
 from pathlib import Path
+import diffusers_mv3d.io_utils
 import diffusers_mv3d.training.train_foundation as tf
 
 target = sys.argv[2]
-original = tf.write_atomically
+original = diffusers_mv3d.io_utils.atomic_write_folder
 
 def write_then_die(final, write):
     if Path(final).name != target:
@@ -446,7 +447,9 @@ def write_then_die(final, write):
     write(tmp)  # the folder is complete, but the process dies before the rename
     os.kill(os.getpid(), signal.SIGKILL)
 
-tf.write_atomically = write_then_die
+for module in list(sys.modules.values()):  # every module that imported the folder writer
+    if getattr(module, "atomic_write_folder", None) is original:
+        module.atomic_write_folder = write_then_die
 tf.main(tf.FoundationTrainConfig(**json.loads(Path(sys.argv[1]).read_text())))
 """
 

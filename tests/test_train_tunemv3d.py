@@ -188,7 +188,7 @@ def test_cli_dry_run_in_a_subprocess():
 def test_model_card_command_reproduces_the_settings(tmp_path):
     import shlex
 
-    from diffusers_mv3d.training.model_card import command_line
+    from diffusers_mv3d.training.config import command_line
 
     cfg = TuneMV3DTrainConfig(max_train_steps=5, geometry_attention_levels=(0, 1), resume="latest",
                               push_to_hub=True, hub_model_id="me/branch", hub_private=False, neus_dropout=0.25)

@@ -38,6 +38,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import textwrap
 import typing
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 __all__ = [
     "add_dataclass_arguments",
+    "command_line",
     "config_from_args",
     "config_to_dict",
     "config_to_yaml",
@@ -312,3 +314,26 @@ def resolve_or_exit(cls: Type[T], args: argparse.Namespace) -> Optional[T]:
         print(config_to_yaml(cfg), end="")
         return None
     return cfg
+
+
+def command_line(program: str, cfg: Any) -> str:
+    """``program`` followed by a flag for every field of ``cfg`` that differs from its default.
+
+    Running the returned string gives the same resolved settings as ``cfg`` (no ``--config`` file
+    needed), e.g. ``diffusers-mv3d train --max-train-steps 3 --no-push-to-hub``.
+    """
+    defaults = type(cfg)()
+    words = shlex.split(program)
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        if value == default:
+            continue
+        flag = flag_name(f.name)
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (tuple, list)):
+            words.append(flag)
+            words.extend(str(v) for v in value)
+        else:
+            words.extend([flag, "none" if value is None else str(value)])
+    return shlex.join(words)

@@ -33,7 +33,7 @@ from .checkpointing import (
 )
 from .common import build_lr_scheduler, reduce_mean, save_grid, step_generator
 from .config import flag_name, save_config
-from .model_card import push_folder_to_hub
+from ..hub import push_folder_to_hub
 
 __all__ = [
     "LoopResult",

@@ -53,7 +53,8 @@ from ..models.multiview_self_attention import (
     set_multiview_self_attention,
 )
 from ..models.views import fold_views, unfold_views
-from .checkpointing import check_architecture, resolve_resume, write_atomically
+from ..io_utils import atomic_write_folder
+from .checkpointing import check_architecture, resolve_resume
 from .common import (
     add_trainer_parser,
     check_batch_size,
@@ -63,7 +64,7 @@ from .common import (
     script_main,
     step_loader,
 )
-from .config import config_to_dict
+from .config import command_line, config_to_dict
 from .loop import (
     check_common_settings,
     check_log_and_hub_settings,
@@ -76,7 +77,7 @@ from .loop import (
     train_loop,
     write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
+from ..hub import losses_from_log, write_model_card
 from .train_tunemv3d import Foundation, load_foundation, load_foundation_for
 
 __all__ = [
@@ -434,7 +435,7 @@ def save_model_folder(folder: Path, unet, cfg: BaselineTrainConfig, step: int, l
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 @torch.no_grad()

@@ -40,6 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..hub import write_pipeline_folder
+from ..io_utils import atomic_write_folder
 from .checkpointing import (
     STATE_FILE,
     append_log,
@@ -50,7 +52,6 @@ from .checkpointing import (
     peak_rss_mb,
     prune_checkpoints,
     resolve_resume,
-    write_atomically,
 )
 from .common import (
     add_trainer_parser,
@@ -382,35 +383,9 @@ def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) 
     """Write an ``IFPipeline`` folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/)."""
     from diffusers import IFPipeline
 
-    pipe = IFPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        scheduler=noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
-
-    def write(tmp: Path) -> None:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        # transformers 5 records the fast tokenizer as "TokenizersBackend", a name transformers 4 lacks;
-        # "PreTrainedTokenizerFast" loads in both
-        _rename_tokenizer_class(tmp, "PreTrainedTokenizerFast")
-
-    write_atomically(folder, write)
-
-
-def _rename_tokenizer_class(folder: Path, name: str) -> None:
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["tokenizer"] = ["transformers", name]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    tok_path = folder / "tokenizer" / "tokenizer_config.json"
-    tok_config = json.loads(tok_path.read_text())
-    tok_config["tokenizer_class"] = name
-    tok_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+    pipe = IFPipeline(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, scheduler=noise_scheduler,
+                      safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    write_pipeline_folder(pipe, folder)
 
 
 def load_pipeline(folder: str, **kwargs):
@@ -453,7 +428,7 @@ def save_checkpoint(folder: Path, step: int, unet, text_encoder, tokenizer, ema,
         # written last: its presence marks a finished checkpoint even without the rename
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_scheduler) -> int:

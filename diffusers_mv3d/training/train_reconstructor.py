@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras
 from ..mesh import mesh_from_neus
-from .checkpointing import check_architecture, resolve_resume, write_atomically
+from ..io_utils import atomic_write_folder
+from .checkpointing import check_architecture, resolve_resume
 from .common import (
     add_trainer_parser,
     check_batch_size,
@@ -43,7 +44,7 @@ from .common import (
     script_main,
     step_loader,
 )
-from .config import config_to_dict
+from .config import command_line, config_to_dict
 from .loop import (
     check_common_settings,
     check_log_and_hub_settings,
@@ -56,7 +57,7 @@ from .loop import (
     train_loop,
     write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
+from ..hub import losses_from_log, write_model_card
 from .train_tunemv3d import gather_pixels, render_losses
 
 __all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
@@ -352,7 +353,7 @@ def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: i
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 def validation_outputs(neus, item: Dict, cfg: ReconstructorTrainConfig, device: torch.device, step: int,

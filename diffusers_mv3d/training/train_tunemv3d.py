@@ -50,7 +50,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .checkpointing import check_architecture, resolve_resume, write_atomically
+from ..io_utils import atomic_write_folder
+from .checkpointing import check_architecture, resolve_resume
 from .common import (
     add_trainer_parser,
     check_batch_size,
@@ -60,7 +61,7 @@ from .common import (
     script_main,
     step_loader,
 )
-from .config import config_to_dict, flag_name
+from .config import command_line, config_to_dict, flag_name
 from .loop import (
     check_common_settings,
     check_log_and_hub_settings,
@@ -73,7 +74,7 @@ from .loop import (
     train_loop,
     write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
+from ..hub import losses_from_log, write_model_card
 from .text import encode_prompts
 
 __all__ = [
@@ -670,7 +671,7 @@ def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, 
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 @torch.no_grad()
