@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from diffusers_mv3d.training.config import add_dataclass_arguments, config_from_args, config_to_dict
+from diffusers_mv3d.foundation import load_foundation
 from diffusers_mv3d.training.train_tunemv3d import (
     TuneMV3DBranch,
     TuneMV3DTrainConfig,
     build_branch,
-    load_foundation,
     main,
     training_losses,
 )

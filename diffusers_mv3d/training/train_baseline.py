@@ -31,8 +31,9 @@ Launch (the data comes from ``diffusers-mv3d render``, the foundation from ``tra
 
 Outputs under ``--output-dir``: ``model/`` (a pipeline folder: the trained ``unet/``, the
 foundation's other components and ``model_index.json`` copied, ``baseline.json`` with the kind and
-the training views, a README.md model card; rewritten at every checkpoint; :func:`load_baseline`
-and :func:`sample_views` load and sample it, ``diffusers-mv3d evaluate --finetune-model /
+the training views, a README.md model card; rewritten at every checkpoint;
+:func:`diffusers_mv3d.foundation.load_baseline` and :func:`diffusers_mv3d.sampling.sample_views` load and
+sample it, ``diffusers-mv3d evaluate --finetune-model /
 --mvdream-model`` score it), ``checkpoints/checkpoint-NNNNNN/`` (safetensors + JSON),
 ``samples/step-NNNNNN.png`` (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
@@ -46,13 +47,10 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..models.multiview_self_attention import (
-    camera_conditioned_unet,
-    camera_embedding,
-    has_multiview_self_attention,
-    set_multiview_self_attention,
-)
+from ..foundation import BASELINE_FILE, Foundation, predicted_x0, prediction_target, unet_on_views
+from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
+from ..sampling import sample_views
 from ..io_utils import atomic_write_folder
 from .checkpointing import check_architecture, resolve_resume
 from .common import (
@@ -78,24 +76,18 @@ from .loop import (
     write_run_config,
 )
 from ..hub import losses_from_log, write_model_card
-from .train_tunemv3d import Foundation, load_foundation, load_foundation_for
+from .train_tunemv3d import load_foundation_for
 
 __all__ = [
-    "BASELINE_FILE",
     "KINDS",
     "BaselineTrainConfig",
     "add_parser",
     "baseline_losses",
-    "baseline_prediction",
     "build_unet",
-    "load_baseline",
     "main",
-    "sample_views",
 ]
 
 KINDS = ("finetune", "mvdream")
-BASELINE_FILE = "baseline.json"
-"""In a baseline's ``model/`` folder: ``{"kind", "num_views", "base_model"}``."""
 LOSS_KEYS = ("loss",)
 
 
@@ -225,40 +217,6 @@ def build_unet(foundation_unet, cfg: BaselineTrainConfig):
     return unet
 
 
-def baseline_prediction(unet, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                        cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The UNet on folded views: ``noisy_views [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``,
-    ``cameras`` ``[B, V, 16]`` camera embeddings (mvdream) or None -> ``[B, V, C, h, w]`` (a learned
-    variance dropped). ``unet`` may be DDP-wrapped."""
-    views, channels = noisy_views.shape[1:3]
-    out = unet(
-        fold_views(noisy_views),  # (B V) C h w
-        fold_views(timesteps),
-        encoder_hidden_states=text.repeat_interleave(views, dim=0),
-        class_labels=None if cameras is None else fold_views(cameras),  # (B V) 16
-    ).sample[:, :channels]
-    return unfold_views(out, views)
-
-
-def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet predicts (folded ``[N, C, h, w]``, ``t [N]``): epsilon, v or x0."""
-    if scheduler.config.prediction_type == "epsilon":
-        return noise
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return x0
-
-
-def _predicted_x0(scheduler, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0 from one prediction (folded ``[N, C, h, w]``, ``t [N]``)."""
-    abar = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
-    if scheduler.config.prediction_type == "epsilon":
-        return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
-    if scheduler.config.prediction_type == "v_prediction":
-        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
-    return prediction
-
-
 def step_draws(generator: torch.Generator, batch: int, views: int, channels: int, size: int, num_timesteps: int,
                cfg: BaselineTrainConfig) -> Dict[str, torch.Tensor]:
     """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them).
@@ -297,89 +255,10 @@ def baseline_losses(unet, parts: Foundation, batch: Dict, cfg: BaselineTrainConf
     cameras = camera_embedding(batch["cameras"].to(device)) if cfg.kind == "mvdream" else None  # B V 16
 
     # 2. the trained UNet against its target
-    prediction = baseline_prediction(unet, x_t, t, text, cameras)
-    target = unfold_views(_target(scheduler, fold_views(x0), fold_views(noise), fold_views(t)), v)
+    prediction = unet_on_views(unet, x_t, t, text, cameras)
+    target = unfold_views(prediction_target(scheduler, fold_views(x0), fold_views(noise), fold_views(t)), v)
     loss = F.mse_loss(prediction.float(), target.float())
     return loss, {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading and sampling a baseline folder
-# ----------------------------------------------------------------------------------------------
-
-
-def load_baseline(folder: str, device: torch.device = torch.device("cpu"), kind: Optional[str] = None,
-                  flag: str = "--model") -> Foundation:
-    """A ``train-baseline`` model folder as a :class:`Foundation` (every part frozen, in eval mode),
-    with the self-attention over views installed for an mvdream UNet.
-
-    ``kind`` (finetune / mvdream), when given, must be the folder's; errors name ``flag``.
-    """
-    info_path = Path(folder) / BASELINE_FILE
-    if not info_path.is_file():
-        raise ValueError(f"{flag} {folder!r} is not a train-baseline model folder (no {BASELINE_FILE}; "
-                         "train one with `diffusers-mv3d train-baseline` and pass its model/ folder)")
-    info = json.loads(info_path.read_text())
-    if kind is not None and info["kind"] != kind:
-        raise ValueError(f"{flag} {folder!r} holds a {info['kind']} baseline, not {kind}")
-    parts = load_foundation(folder, device)
-    if info["kind"] == "mvdream":
-        set_multiview_self_attention(parts.unet, info["num_views"])
-    return parts
-
-
-@torch.no_grad()
-def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=None, num_inference_steps: int = 50,
-                 guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None,
-                 eta: float = 0.0) -> torch.Tensor:
-    """``num_views`` views of one object of ``prompt`` -> ``[V, 3, H, W]`` in [0, 1] on the CPU.
-
-    DDIM (``eta``: 0 deterministic, 1 as stochastic as DDPM) from the folder's noise schedule, classifier-free guidance against ``""``, all views
-    in one batch, and :class:`TuneMV3DPipeline`'s initial noise (``randn [1, V, C, h, w]`` from
-    ``generator``), so the same seed starts from the same noise. ``cameras`` (``Cameras [V]``, default
-    :func:`default_cameras`) condition a camera-conditioned (mvdream) UNet; one with self-attention
-    over views is set to ``num_views`` views. ``parts`` is :func:`load_baseline`'s (or any
-    :class:`Foundation`: the foundation's UNet samples its views independently).
-    """
-    from diffusers import DDIMScheduler
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from ..cameras import default_cameras
-
-    unet = parts.unet
-    device, dtype = unet.device, unet.dtype
-    size, channels = unet.config.sample_size, unet.config.in_channels
-    do_cfg = guidance_scale > 1.0
-
-    # 1. cameras (MVDream's condition) and the views the self-attention spans
-    cameras = default_cameras(num_views, size * parts.vae_scale_factor) if cameras is None else cameras
-    if len(cameras) != num_views:
-        raise ValueError(f"cameras must be Cameras of batch shape [num_views={num_views}], got {len(cameras)}")
-    labels = None
-    if unet.config.class_embed_type == "projection":
-        labels = camera_embedding(cameras.to(device))[None].expand(2 if do_cfg else 1, -1, -1).to(dtype)  # (2) V 16
-    if has_multiview_self_attention(unet):
-        set_multiview_self_attention(unet, num_views)
-
-    # 2. text (negative first), DDIM timesteps, initial noise
-    text = parts.encode_text(["", prompt] if do_cfg else [prompt]).to(device, dtype)  # (2) L D
-    config = {k: v for k, v in dict(parts.noise_scheduler.config).items() if k != "variance_type"}
-    scheduler = DDIMScheduler.from_config(config)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    x = randn_tensor((1, num_views, channels, size, size), generator=generator, device=device, dtype=dtype)
-    x = x * scheduler.init_noise_sigma  # 1 V C h w
-
-    # 3. denoising loop: every view in one batch, guidance on the text
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
-        doubled = torch.cat([model_input] * 2) if do_cfg else model_input  # (2) V C h w
-        noise = baseline_prediction(unet, doubled, torch.full(doubled.shape[:2], int(t), device=device), text, labels)
-        if do_cfg:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(fold_views(noise), t, fold_views(x), eta=eta, generator=generator).prev_sample  # V C h w
-        x = unfold_views(x, num_views)
-    return ((parts.to_images(x[0]).float() + 1) / 2).cpu()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +267,8 @@ def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=Non
 
 USAGE = """
 import torch
-from diffusers_mv3d.training.train_baseline import load_baseline, sample_views
+from diffusers_mv3d.foundation import load_baseline
+from diffusers_mv3d.sampling import sample_views
 
 baseline = load_baseline("PATH")
 views = sample_views(baseline, "a red chair with armrests", num_views=8, num_inference_steps=50,
@@ -464,8 +344,8 @@ def validation_grid(parts: Foundation, item: Dict, cfg: BaselineTrainConfig,
             t = torch.full((1, v), min(t_value, scheduler.config.num_train_timesteps - 1), device=device)
             noise = torch.randn(clean.shape, generator=generator).to(device)
             x_t = scheduler.add_noise(fold_views(clean), fold_views(noise), fold_views(t))  # V C h w
-            prediction = baseline_prediction(unet, x_t[None], t, text, cameras)
-            x0 = _predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
+            prediction = unet_on_views(unet, x_t[None], t, text, cameras)
+            x0 = predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
             rows += [parts.to_images(x_t), parts.to_images(x0)]
             metrics[f"val_x0_mse_t{int(t[0, 0])}"] = F.mse_loss(x0, clean[0]).item()
     finally:

@@ -28,7 +28,7 @@ What the UNet predicts: 6 channels, as IF's stage I: epsilon (channels 0-2) and 
 ``||eps - eps_theta||^2 + vlb_weight * T * L_vlb`` (the VLB term sees epsilon through a stop-gradient).
 IFPipeline only works with such a UNet: with 3 output channels its ``noise_pred.split(3, dim=1)``
 returns a single chunk and the unpacking into ``(noise, variance)`` fails. Samplers that need only
-epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`sample_ddim` does.
+epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`diffusers_mv3d.sampling.sample_ddim` does.
 """
 
 import json
@@ -42,6 +42,7 @@ import torch
 
 from ..hub import write_pipeline_folder
 from ..io_utils import atomic_write_folder
+from ..sampling import sample_ddim
 from .checkpointing import (
     STATE_FILE,
     append_log,
@@ -76,7 +77,6 @@ __all__ = [
     "latest_checkpoint",
     "load_pipeline",
     "main",
-    "sample_ddim",
 ]
 
 
@@ -325,54 +325,6 @@ def collate(items: Sequence[dict]) -> dict:
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, H, W) in [-1, 1]
         "caption": [item["caption"] for item in items],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling (what the validation grid uses; also the reference loop for an IF-style UNet)
-# ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_ddim(
-    unet,
-    text_encoder,
-    tokenizer,
-    prompts: Sequence[str],
-    scheduler_config: dict,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 3.0,
-    generator: Optional[torch.Generator] = None,
-    eta: float = 0.0,
-) -> torch.Tensor:
-    """DDIM with classifier-free guidance; returns images [N, 3, H, W] in [-1, 1].
-
-    Uses channels 0-2 (epsilon or v, as the scheduler config says) of the UNet output; the learned
-    variance is not needed by DDIM. ``eta`` is DDIM's stochasticity (0: deterministic; its noise comes
-    from ``generator`` too).
-    """
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(
-        {k: v for k, v in dict(scheduler_config).items() if k != "variance_type"}
-    )
-    device = next(unet.parameters()).device
-    channels, size = unet.config.in_channels, unet.config.sample_size
-    cond = encode_prompts(tokenizer, text_encoder, prompts)  # (N, 77, D)
-    do_cfg = guidance_scale > 1.0
-    if do_cfg:
-        uncond = encode_prompts(tokenizer, text_encoder, [""] * len(prompts))
-        cond = torch.cat([uncond, cond])  # (2N, 77, D)
-    x = torch.randn((len(prompts), channels, size, size), generator=generator).to(device)
-    x = x * scheduler.init_noise_sigma
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    for t in scheduler.timesteps:
-        model_in = torch.cat([x, x]) if do_cfg else x
-        prediction = unet(model_in, t, encoder_hidden_states=cond).sample[:, :channels]
-        if do_cfg:
-            pred_uncond, pred_text = prediction.chunk(2)
-            prediction = pred_uncond + guidance_scale * (pred_text - pred_uncond)
-        x = scheduler.step(prediction, t, x, eta=eta, generator=generator).prev_sample
-    return x.clamp(-1, 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,15 +42,17 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..foundation import Foundation, load_foundation, predicted_x0, prediction_target
 from ..io_utils import atomic_write_folder
+from ..models.views import fold_views, unfold_views
+from ..sampling import ddim_scheduler
 from .checkpointing import check_architecture, resolve_resume
 from .common import (
     add_trainer_parser,
@@ -75,17 +77,14 @@ from .loop import (
     write_run_config,
 )
 from ..hub import losses_from_log, write_model_card
-from .text import encode_prompts
 
 __all__ = [
-    "Foundation",
     "TuneMV3DBranch",
     "TuneMV3DTrainConfig",
     "add_parser",
     "build_branch",
     "build_branch_from_unet",
     "build_neus",
-    "load_foundation",
     "load_foundation_for",
     "main",
     "render_losses",
@@ -280,112 +279,6 @@ class TuneMV3DTrainConfig:
 # ----------------------------------------------------------------------------------------------
 # The frozen foundation
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Foundation:
-    """The frozen parts of a text-to-image pipeline folder (all in eval mode, requires_grad False).
-
-    Attributes:
-        vae: ``AutoencoderKL`` of a latent model, ``None`` for a pixel-space model (IF, ours).
-        noise_scheduler: a ``DDPMScheduler`` made from the folder's scheduler config (training noise).
-    """
-
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    noise_scheduler: object
-    vae: Optional[torch.nn.Module]
-    path: str
-
-    @property
-    def channels(self) -> int:
-        """Channels of the diffusion space (the UNet's in_channels)."""
-        return int(self.unet.config.in_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
-
-    def space_resolution(self, resolution: int) -> int:
-        """Side of the diffusion space for views of ``resolution`` pixels."""
-        return resolution // self.vae_scale_factor
-
-    @torch.no_grad()
-    def to_space(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Clean views ``[B, V, 3, H, W]`` in [-1, 1] -> the diffusion space ``[B, V, C, h, w]``
-        (identity for pixels; VAE latent sample x scaling_factor for a latent model)."""
-        if self.vae is None:
-            return images
-        folded = images.flatten(0, 1).to(self.vae.dtype)  # (B V) 3 H W
-        latents = self.vae.encode(folded).latent_dist.sample(generator)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        latents = (latents - shift) * self.vae.config.scaling_factor
-        return latents.reshape(*images.shape[:2], *latents.shape[1:]).to(images.dtype)
-
-    @torch.no_grad()
-    def to_images(self, space: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_space` for display: ``[N, C, h, w]`` -> ``[N, 3, H, W]`` in [-1, 1]."""
-        if self.vae is None:
-            return space.clamp(-1, 1)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        images = self.vae.decode(space.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
-        return images.float().clamp(-1, 1)
-
-    @torch.no_grad()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings ``[B, 77, D]`` (IFPipeline's encoding: 77 tokens, attention mask)."""
-        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
-
-    def unet_prediction(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                        residuals: Optional[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]] = None) -> torch.Tensor:
-        """Frozen UNet on the folded views ``[B, V, C, h, w]`` with the branch residuals -> ``[B, V, C, h, w]``
-        (IF-style learned-variance channels dropped)."""
-        batch, views, channels = noisy_views.shape[:3]
-        kwargs = {}
-        if residuals is not None:
-            kwargs = dict(down_block_additional_residuals=list(residuals[0]), mid_block_additional_residual=residuals[1])
-        out = self.unet(
-            noisy_views.flatten(0, 1),  # (B V) C h w
-            timesteps.repeat_interleave(views),
-            encoder_hidden_states=text.repeat_interleave(views, dim=0),
-            **kwargs,
-        ).sample[:, :channels]
-        return out.reshape(batch, views, *out.shape[1:])
-
-
-def load_foundation(path: str, device: torch.device = torch.device("cpu")) -> Foundation:
-    """Load and freeze a pipeline folder's UNet, text encoder, tokenizer, (VAE) and noise schedule."""
-    import transformers
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    root = Path(path)
-    missing = [name for name in ("unet", "text_encoder", "tokenizer", "scheduler") if not (root / name).is_dir()]
-    if missing:
-        raise ValueError(f"{flag_name('pretrained_model')}: {path!r} is not a text-to-image pipeline folder "
-                         f"(missing {', '.join(m + '/' for m in missing)})")
-    index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").is_file() else {}
-    encoder_class = index.get("text_encoder", [None, "CLIPTextModel"])[1]
-    text_encoder = getattr(transformers, encoder_class, transformers.AutoModel).from_pretrained(root / "text_encoder")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer")
-    unet = UNet2DConditionModel.from_pretrained(root / "unet")
-    # training noise follows the foundation's schedule (betas, T, prediction type); variance_type is irrelevant here
-    scheduler_config = {k: v for k, v in DDPMScheduler.load_config(root / "scheduler").items() if k != "variance_type"}
-    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    vae = AutoencoderKL.from_pretrained(root / "vae") if (root / "vae").is_dir() else None
-    if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"{flag_name('pretrained_model')}: unsupported prediction_type "
-                         f"{noise_scheduler.config.prediction_type!r}")
-    for model in (unet, text_encoder, vae):
-        if model is not None:
-            model.requires_grad_(False)
-            model.eval()
-            model.to(device)
-    return Foundation(unet, text_encoder, tokenizer, noise_scheduler, vae, str(path))
 
 
 def load_foundation_for(cfg, device: torch.device) -> Foundation:
@@ -604,13 +497,8 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
     pixel_indices = draws["pixel_indices"].to(device)
     out = branch(x_t, t, text, cameras, draws["keep_neus"].to(device), supervision_cameras, pixel_indices)
     prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
-    if foundation.prediction_type == "epsilon":
-        target = noise
-    elif foundation.prediction_type == "v_prediction":
-        target = foundation.noise_scheduler.get_velocity(x0.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(v))
-        target = target.reshape(x0.shape)
-    else:  # "sample"
-        target = x0
+    target = unfold_views(prediction_target(foundation.noise_scheduler, fold_views(x0), fold_views(noise),
+                                            t.repeat_interleave(v)), v)
     loss_diffusion = F.mse_loss(prediction.float(), target.float())
 
     # 4. NeuS reconstruction: full render of the input views + ray subset of the supervision views
@@ -683,11 +571,8 @@ def pipeline_samples(branch: TuneMV3DBranch, foundation: Foundation, item: Dict,
         from ..pipelines import TuneMV3DPipeline
     except ImportError:
         return None
-    from diffusers import DDIMScheduler
-
-    config = {k: v for k, v in dict(foundation.noise_scheduler.config).items() if k != "variance_type"}
     pipe = TuneMV3DPipeline(unet=foundation.unet, controlnet=branch.controlnet, neus=branch.neus,
-                            scheduler=DDIMScheduler.from_config(config), text_encoder=foundation.text_encoder,
+                            scheduler=ddim_scheduler(foundation.noise_scheduler.config), text_encoder=foundation.text_encoder,
                             tokenizer=foundation.tokenizer, vae=foundation.vae)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(item["caption"], num_views=len(item["cameras"]), cameras=item["cameras"],
@@ -716,7 +601,6 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
     cameras = item["cameras"].to(device).rescale(space, space).expand(1)
     text = foundation.encode_text([item["caption"]]).to(device)
     scheduler = foundation.noise_scheduler
-    abar = scheduler.alphas_cumprod.to(device)
     rows, metrics = [], {}
 
     def show(space_views: torch.Tensor) -> torch.Tensor:  # 1 V C h w -> V 3 H W
@@ -737,13 +621,7 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
             x_t = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), t.repeat(v)).reshape(clean.shape)
             out = branch(x_t, t, text, cameras, torch.ones(1, dtype=torch.bool, device=device))
             prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
-            a = abar[t].view(1, 1, 1, 1, 1)
-            if foundation.prediction_type == "epsilon":
-                x0_pred = (x_t - (1 - a).sqrt() * prediction) / a.sqrt()
-            elif foundation.prediction_type == "v_prediction":
-                x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * prediction
-            else:
-                x0_pred = prediction
+            x0_pred = predicted_x0(scheduler, x_t, prediction, t)
             rows += [show(clean), show(x_t), show(out["x0"]), show(x0_pred)]
             neus_mse = F.mse_loss(out["x0"], _area_resize(clean, tuple(out["x0"].shape[-2:]))).item()
             metrics[f"val_neus_mse_t{int(t)}"] = neus_mse
