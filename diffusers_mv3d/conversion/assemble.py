@@ -99,12 +99,11 @@ def assemble_pipeline(
 
     # 2. the branch: trained, converted or fresh
     reconstructor_model = None
-    fresh_cfg = FreshBranchConfig(seed=seed)
     if branch is not None:
         controlnet_model, neus, reconstructor_model = load_branch(branch)
         check_branch_fits_unet(controlnet_model, neus, parts.unet, "--branch", branch, base)
     else:
-        controlnet_model, neus = fresh_branch(parts.unet, latent, fresh_cfg)
+        controlnet_model, neus = fresh_branch(parts.unet, latent, FreshBranchConfig(), seed)
     if controlnet_path is not None:
         controlnet_model = _load_model(MultiViewControlNetModel, controlnet_path, None, "--controlnet",
                                        "a MultiViewControlNetModel").eval()

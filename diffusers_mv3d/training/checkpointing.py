@@ -22,12 +22,12 @@ import resource
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from ..io_utils import atomic_write_folder, atomic_write_text
-from .config import config_to_dict, flag_name
+from .config import config_to_dict, flag_name, renamed_setting
 
 __all__ = [
     "CHECKPOINT_RE",
@@ -184,7 +184,7 @@ def check_architecture(cfg, checkpoint: Path) -> None:
     """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``) and those
     that fix its batch stream (:data:`RESUME_KEEPS`), so that it continues the run it resumes."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
-    saved = state["architecture"]
+    saved = {renamed_setting(type(cfg), name, str(checkpoint)): value for name, value in state["architecture"].items()}
     for name, value in cfg.architecture().items():
         if saved.get(name) != value:
             raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
@@ -244,16 +244,18 @@ def optimizer_state_from_files(tensors: Dict[str, torch.Tensor], plain: Dict) ->
 
 
 def save_training_checkpoint(folder: Path, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
-                             cfg) -> None:
-    """Models (``save_pretrained`` sub-folders), optimizer (safetensors), schedule, step and settings (JSON)."""
+                             cfg, extras: Optional[Callable[[Path], Dict]] = None) -> None:
+    """Models (``save_pretrained`` sub-folders), ``extras(folder)``'s files, optimizer (safetensors), and
+    schedule, step, settings and ``extras``' returned entries (JSON)."""
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         for name, model in models.items():
             model.save_pretrained(tmp / name, safe_serialization=True)
+        extra_state = extras(tmp) if extras is not None else {}
         tensors, plain = optimizer_state_to_files(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(),
+        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(), **extra_state,
                  "architecture": cfg.architecture(), "config": config_to_dict(cfg)}
         # written last: its presence marks a finished checkpoint even without the rename
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -41,6 +41,7 @@ import os
 import shlex
 import textwrap
 import typing
+import warnings
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ __all__ = [
     "field_docs",
     "flag_name",
     "load_config_file",
+    "renamed_setting",
     "resolve_or_exit",
     "save_config",
 ]
@@ -268,6 +270,7 @@ def config_from_args(cls: Type[T], args: argparse.Namespace) -> T:
     config_path = getattr(args, "config", None)
     if config_path:
         for key, value in load_config_file(config_path).items():
+            key = renamed_setting(cls, key, f"--config {config_path}")
             if key not in names:
                 raise ValueError(f"--config {config_path}: unknown setting {key!r} (no flag {flag_name(key)})")
             values[key] = _coerce(cls, key, value)
@@ -276,6 +279,17 @@ def config_from_args(cls: Type[T], args: argparse.Namespace) -> T:
             value = getattr(args, name)
             values[name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def renamed_setting(cls: type, name: str, where: str) -> str:
+    """The current name of setting ``name`` (``cls.renamed_settings`` maps old names to new ones), with a
+    warning naming both when it was renamed; ``where`` says what used the old name."""
+    new = getattr(cls, "renamed_settings", {}).get(name)
+    if new is None:
+        return name
+    warnings.warn(f"{where}: setting {name!r} was renamed {new!r} (flag {flag_name(new)}); read as {new!r}",
+                  FutureWarning)
+    return new
 
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:

@@ -42,41 +42,33 @@ import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..foundation import BASELINE_FILE, Foundation, predicted_x0, prediction_target, unet_on_views
+from ..hub import losses_from_log, write_model_card
+from ..io_utils import atomic_write_folder
 from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
 from ..sampling import sample_views
-from ..io_utils import atomic_write_folder
 from .checkpointing import check_architecture, resolve_resume
-from .common import (
-    add_trainer_parser,
+from .common import add_trainer_parser, final_step, run_trainer, script_main, step_loader
+from .config import command_line
+from .runner import (
+    StepHooks,
     check_batch_size,
-    final_step,
-    make_accelerator,
-    run_trainer,
-    script_main,
-    step_loader,
-)
-from .config import command_line, config_to_dict
-from .loop import (
-    check_common_settings,
-    check_log_and_hub_settings,
-    check_optimisation_settings,
     finish_run,
+    load_foundation_for,
     load_multiview_dataset,
+    make_accelerator,
     prepare_training,
     run_paths,
-    setting_check,
     train_loop,
     write_run_config,
 )
-from ..hub import losses_from_log, write_model_card
-from .train_tunemv3d import load_foundation_for
+from .settings import FoundationTuningSettings, setting_check
 
 __all__ = [
     "KINDS",
@@ -97,108 +89,30 @@ LOSS_KEYS = ("loss",)
 
 
 @dataclass
-class BaselineTrainConfig:
-    """Every setting of ``diffusers-mv3d train-baseline`` (flags are the field names with dashes)."""
+class BaselineTrainConfig(FoundationTuningSettings):
+    """Every setting of ``diffusers-mv3d train-baseline`` (flags are the field names with dashes): the
+    run's (:class:`FoundationTuningSettings`), then these."""
 
+    architecture_settings: ClassVar[tuple] = ("kind", "pretrained_model")
+
+    output_dir: str = "runs/baseline-finetune-tiny"
+    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the UNet."""
     kind: str = "finetune"
     """finetune (all UNet weights, views independent) or mvdream (the same + self-attention over all views of an object + camera embedding)."""
 
-    # foundation, data and outputs
-    pretrained_model: str = "runs/foundation-tiny/pipeline"
-    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
-    data_dir: str = "data/objects3d"
-    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
-    output_dir: str = "runs/baseline-finetune-tiny"
-    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
-    resolution: int = 32
-    """Views are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
-    num_input_views: int = 8
-    """Views an object a step (the fixed input views of the data); mvdream attends over all of them at once."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the training process)."""
-
-    # optimisation
-    max_train_steps: int = 20000
-    """Optimizer steps of the whole run (the schedule spans these)."""
-    batch_size: int = 2
-    """Global batch in objects an optimizer step (num_input_views images each), split evenly across processes."""
-    learning_rate: float = 1e-4
-    """Peak AdamW learning rate of the UNet."""
-    lr_scheduler: str = "constant"
-    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
-    lr_warmup_steps: int = 100
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
-    seed: int = 0
-    """Seeds the camera MLP (mvdream) and, with the step number, each step's batch order, caption dropout, timesteps and noise."""
-    mixed_precision: str = "no"
-    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
-    caption_dropout: float = 0.1
-    """Fraction of objects whose caption is replaced by "" (classifier-free guidance)."""
-
-    # checkpoints, validation, stopping, Hub
-    checkpointing_steps: int = 250
-    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
-    checkpoints_total_limit: int = 3
-    """Keep only the newest this many checkpoints (0 keeps all)."""
-    resume: Optional[str] = None
-    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
-    stop_at_step: int = 0
-    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
-    max_minutes: float = 0.0
-    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
-    validation_steps: int = 500
-    """Save a view grid of a validation object every this many steps and at the end (0 = never)."""
-    validation_timesteps: Tuple[int, ...] = (250, 750)
-    """Noise levels of the validation grid: per t, rows of noisy views and the one-step x0 prediction."""
-    validation_inference_steps: int = 10
-    """DDIM steps of the grid's second row, views sampled from the validation caption (0 = no such row)."""
-    validation_guidance_scale: float = 3.0
-    """Classifier-free guidance scale of the sampled row."""
-    log_every: int = 10
-    """Append the loss, lr, samples/s and peak RSS to log.jsonl every this many steps."""
-    push_to_hub: bool = False
-    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
-    hub_model_id: Optional[str] = None
-    """Hub repository (owner/name) of --push-to-hub."""
-    hub_private: bool = False
-    """Create the Hub repository private."""
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         check = setting_check(self)
-
-        self.validation_timesteps = tuple(self.validation_timesteps)
         check(self.kind in KINDS, "kind", "must be finetune or mvdream")
-        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.resolution > 0, "resolution", "must be > 0")
         check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
               "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check_optimisation_settings(self, check)
-        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
-        check_common_settings(self, check)
-        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
-              "validation_timesteps", "must be one or more timesteps >= 0")
-        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
-        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
-        check_log_and_hub_settings(self, check)
 
     @property
     def num_supervision_views(self) -> int:
         """The baselines train on the input views only (read by :func:`load_multiview_dataset`)."""
         return 0
-
-    def architecture(self) -> Dict[str, object]:
-        """The settings that fix the weights' shapes (a resumed run must keep them)."""
-        return {name: config_to_dict(self)[name] for name in ("kind", "pretrained_model")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,12 +318,12 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
         return validation_grid(parts, dataset[0], cfg, device)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    result = train_loop(
-        cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-        start_step, end_step,
+    hooks = StepHooks(
         compute_losses=lambda batch, generator: baseline_losses(model, parts, batch, cfg, generator, device),
-        save_model=save_model, validate=validate,
+        save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
+    result = train_loop(cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler,
+                        loader, start_step, end_step, hooks)
     return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
 
 
