@@ -47,9 +47,7 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
 
 def _trainer_of(role: str):
     """The command and settings class of the trainer that writes a ``role`` folder."""
-    from ..training.train_foundation import FoundationTrainConfig
-    from ..training.train_reconstructor import ReconstructorTrainConfig
-    from ..training.train_tunemv3d import TuneMV3DTrainConfig
+    from ..training.commands import FoundationTrainConfig, ReconstructorTrainConfig, TuneMV3DTrainConfig
 
     return {"base": ("diffusers-mv3d train-foundation", FoundationTrainConfig),
             "branch": ("diffusers-mv3d train", TuneMV3DTrainConfig),

@@ -108,8 +108,9 @@ def save_grid(images: torch.Tensor, path: str, ncol: int, upscale: int = 4) -> N
 
 
 def add_trainer_parser(subparsers, command: str, help: str, description: str, config_class: Type,
-                       run_from_args: Callable) -> None:
-    """Register a trainer's sub-command: its flags are ``config_class``'s fields (with ``--config``, ``--dry-run``)."""
+                       main: Callable) -> None:
+    """Register a trainer's sub-command: its flags are ``config_class``'s fields (with ``--config``,
+    ``--dry-run``); it runs ``main(settings)`` (:func:`run_trainer`)."""
     import argparse
 
     parser = subparsers.add_parser(
@@ -119,7 +120,7 @@ def add_trainer_parser(subparsers, command: str, help: str, description: str, co
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, config_class)
-    parser.set_defaults(func=run_from_args)
+    parser.set_defaults(func=lambda args: run_trainer(command, config_class, main, args))
 
 
 def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
@@ -145,10 +146,11 @@ def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
     return 0
 
 
-def script_main(command: str, prog: str, add_parser: Callable, run_from_args: Callable) -> int:
+def script_main(command: str, prog: str, add_parser: Callable) -> int:
     """``python -m diffusers_mv3d.training.<trainer> FLAGS``: the sub-command without the ``diffusers-mv3d`` CLI."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=prog)
     add_parser(parser.add_subparsers(dest="command"))
-    return run_from_args(parser.parse_args([command, *sys.argv[1:]]))
+    args = parser.parse_args([command, *sys.argv[1:]])
+    return args.func(args)

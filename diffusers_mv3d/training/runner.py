@@ -33,12 +33,13 @@ from .checkpointing import (
     save_training_checkpoint,
     weights_sha256,
 )
-from .common import save_grid, step_generator
+from .common import final_step, save_grid, step_generator, step_loader
 from .config import flag_name, save_config
 
 __all__ = [
     "LoopResult",
     "StepHooks",
+    "batch_stream",
     "build_lr_scheduler",
     "check_batch_size",
     "finish_run",
@@ -48,6 +49,7 @@ __all__ = [
     "prepare_training",
     "reduce_mean",
     "run_paths",
+    "start_run",
     "train_loop",
     "write_checkpoint",
     "write_run_config",
@@ -82,6 +84,23 @@ def check_batch_size(cfg, world: int) -> None:
     """``--batch-size`` is the global batch: it must split evenly across the ``world`` processes."""
     if cfg.batch_size % world:
         raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
+
+
+def start_run(cfg):
+    """The run's Accelerator (:func:`make_accelerator`), after checking ``--batch-size`` splits across its processes."""
+    accelerator = make_accelerator(cfg)
+    check_batch_size(cfg, accelerator.num_processes)
+    return accelerator
+
+
+def batch_stream(accelerator, cfg, dataset, collate_fn: Callable, start_step: int) -> Tuple[Iterable, int]:
+    """``(loader, end_step)``: this process's batches of steps ``start_step .. end_step - 1``
+    (:func:`~diffusers_mv3d.training.common.step_loader`); writes ``config.yaml`` too (a run starts here)."""
+    end_step = final_step(cfg)
+    loader = step_loader(dataset, cfg, start_step, end_step, accelerator.process_index, accelerator.num_processes,
+                         collate_fn)
+    write_run_config(accelerator, cfg)
+    return loader, end_step
 
 
 def build_lr_scheduler(optimizer, cfg):

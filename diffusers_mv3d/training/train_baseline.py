@@ -54,19 +54,18 @@ from ..models.multiview_self_attention import camera_conditioned_unet, camera_em
 from ..models.views import fold_views, unfold_views
 from ..sampling import sample_views
 from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, final_step, run_trainer, script_main, step_loader
+from .common import add_trainer_parser, script_main
 from .config import command_line
 from .runner import (
     StepHooks,
-    check_batch_size,
+    batch_stream,
     finish_run,
     load_foundation_for,
     load_multiview_dataset,
-    make_accelerator,
     prepare_training,
     run_paths,
+    start_run,
     train_loop,
-    write_run_config,
 )
 from .settings import FoundationTuningSettings, setting_check
 
@@ -279,9 +278,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     from ..data.dataset import collate_multiview
 
     # 1. Processes, folders, data, the foundation
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -307,9 +304,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     parts = replace(foundation, unet=raw)  # the frozen text encoder (VAE, schedule) with the trained UNet
     del foundation  # (mvdream: frees the foundation's own UNet)
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw, cfg, step, log_path)
@@ -337,15 +332,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train-baseline",
         help="train a baseline on the multi-view data: a fully fine-tuned UNet (finetune) or MVDream-style (mvdream)",
-        description=__doc__, config_class=BaselineTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=BaselineTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train-baseline", BaselineTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-baseline", "train_baseline", add_parser, run_from_args))
+    sys.exit(script_main("train-baseline", "train_baseline", add_parser))

@@ -43,7 +43,7 @@ import torch
 
 from ..sampling import sample_ddim
 from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, final_step, run_trainer, script_main, step_loader
+from .common import add_trainer_parser, script_main
 from .config import flag_name
 from .diffusion_loss import DiffusionTerms, diffusion_loss
 from .foundation_model import (
@@ -57,12 +57,11 @@ from .foundation_model import (
 )
 from .runner import (
     StepHooks,
-    check_batch_size,
+    batch_stream,
     finish_run,
-    make_accelerator,
     prepare_training,
+    start_run,
     train_loop,
-    write_run_config,
 )
 from .settings import RunSettings, setting_check
 from .text import build_text_encoder, train_word_tokenizer
@@ -264,9 +263,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     from ..data.dataset import ImageTextDataset
 
     # 1. Processes, folders, data
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     captions = read_captions(cfg.data_dir)
     dataset = ImageTextDataset(cfg.data_dir, resolution=cfg.resolution)
     captions = [record["text"] for record in getattr(dataset, "records", [])] or captions
@@ -297,10 +294,8 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, raw, optimizer, resume_from)
     ema.to(accelerator.device)
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate, start_step)
     prompts = _pick_validation_prompts(cfg, captions)
-    write_run_config(accelerator, cfg)
 
     def with_ema_weights(fn):
         ema.store(params)
@@ -368,14 +363,11 @@ def add_parser(subparsers) -> None:
     """Register ``train-foundation`` with the ``diffusers-mv3d`` sub-command parser."""
     add_trainer_parser(subparsers, "train-foundation",
                        help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
-                       description=__doc__, config_class=FoundationTrainConfig, run_from_args=run_from_args)
+                       description=__doc__, config_class=FoundationTrainConfig, main=main)
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train-foundation", FoundationTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-foundation", "train_foundation", add_parser, run_from_args))
+    sys.exit(script_main("train-foundation", "train_foundation", add_parser))

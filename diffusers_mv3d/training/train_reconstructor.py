@@ -37,19 +37,18 @@ from ..io_utils import atomic_write_folder
 from ..mesh import mesh_from_neus
 from .branch import NEUS_SETTINGS, NeuSSettings, build_neus
 from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, final_step, run_trainer, script_main, step_loader
+from .common import add_trainer_parser, script_main
 from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    check_batch_size,
+    batch_stream,
     finish_run,
     load_multiview_dataset,
-    make_accelerator,
     prepare_training,
     run_paths,
+    start_run,
     train_loop,
-    write_run_config,
 )
 from .settings import MultiViewRunSettings, setting_check
 
@@ -270,9 +269,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     from ..models.latent_sparse_neus import LatentSparseNeuS
 
     # 1. Processes, folders, data
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -294,9 +291,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(step_module)
     models = {"reconstructor": raw.neus}
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.neus, cfg, step, log_path)
@@ -319,15 +314,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train-reconstructor",
         help="train the feed-forward SparseNeuS reconstructor (views -> SDF -> mesh, §3.5)",
-        description=__doc__, config_class=ReconstructorTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=ReconstructorTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train-reconstructor", ReconstructorTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser, run_from_args))
+    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser))

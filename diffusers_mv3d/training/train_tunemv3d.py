@@ -56,20 +56,19 @@ from ..models.views import fold_views, unfold_views
 from ..sampling import ddim_scheduler
 from .branch import BranchSettings, TuneMV3DBranch, build_branch_from_unet
 from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, final_step, run_trainer, script_main, step_loader
+from .common import add_trainer_parser, script_main
 from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    check_batch_size,
+    batch_stream,
     finish_run,
     load_foundation_for,
     load_multiview_dataset,
-    make_accelerator,
     prepare_training,
     run_paths,
+    start_run,
     train_loop,
-    write_run_config,
 )
 from .settings import FoundationTuningSettings, setting_check
 
@@ -340,9 +339,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     # 1. Processes, folders, data, the frozen foundation
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -369,9 +366,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(branch)
     models = {"controlnet": raw.controlnet, "neus": raw.neus}
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
@@ -399,15 +394,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train",
         help="tune a frozen text-to-image foundation into TuneMV3D (multi-view ControlNet + latent SparseNeuS)",
-        description=__doc__, config_class=TuneMV3DTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=TuneMV3DTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train", TuneMV3DTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train", "train_tunemv3d", add_parser, run_from_args))
+    sys.exit(script_main("train", "train_tunemv3d", add_parser))
