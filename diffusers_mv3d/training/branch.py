@@ -119,10 +119,10 @@ def build_neus(cfg: NeuSSettings, in_channels: int, background: float, render_re
                             **cfg.neus_arguments(), **arguments)
 
 
-def build_branch_from_unet(unet, in_channels: int, latent: bool, cfg: BranchSettings, seed: int):
+def build_branch_from_unet(unet, in_channels: int, latent: bool, cfg: BranchSettings, seed: int = 0):
     """Fresh ``controlnet`` (``MultiViewControlNetModel.from_unet(unet)``) and ``neus`` (in the
-    diffusion space: background 0.0 for latents, white pixels), seeded by ``seed``
-    (``torch.manual_seed``: the global RNG)."""
+    diffusion space: background 0.0 for latents, white pixels), seeded by ``seed`` (the trainer's
+    ``--seed``, whose default is 0; ``torch.manual_seed``: the global RNG)."""
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     levels = len(unet.config.block_out_channels)
