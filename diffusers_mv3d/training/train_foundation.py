@@ -42,6 +42,7 @@ from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..sampling import sample_ddim
+from ..threads import torch_threads
 from .checkpointing import check_architecture, resolve_resume
 from .common import add_trainer_parser, script_main
 from .config import flag_name
@@ -247,14 +248,10 @@ def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str]
 
 
 def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
-    """Train; returns a summary (final step, last loss, samples/s, peak RSS, output folders)."""
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    """Train (with ``--num-threads`` CPU threads); returns a summary (final step, last loss, samples/s,
+    peak RSS, output folders, weights hash)."""
+    with torch_threads(cfg.num_threads or None):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
 
 
 def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
