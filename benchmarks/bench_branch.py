@@ -9,13 +9,13 @@ import argparse
 import platform
 import time
 from datetime import date
-from types import SimpleNamespace
 
 import torch
 
 from diffusers_mv3d import default_cameras
-from diffusers_mv3d.training.train_foundation import FoundationTrainConfig, build_unet
-from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig, build_branch
+from diffusers_mv3d.training.branch import build_branch_from_unet
+from diffusers_mv3d.training.commands import FoundationTrainConfig, TuneMV3DTrainConfig
+from diffusers_mv3d.training.foundation_model import build_unet
 
 
 def seconds(fn, repeats: int) -> float:
@@ -43,7 +43,7 @@ def main():
         unet = build_unet(FoundationTrainConfig(resolution=resolution)).eval()
         tune = TuneMV3DTrainConfig()
         tune.neus_render_resolution = tune.neus_render_resolution * resolution // 32
-        controlnet, neus = build_branch(SimpleNamespace(unet=unet, channels=3, vae=None), tune)
+        controlnet, neus = build_branch_from_unet(unet, 3, False, tune, tune.seed)
         controlnet.eval(), neus.eval()
         cameras = default_cameras(args.views, resolution)
         views = torch.randn(1, args.views, 3, resolution, resolution)

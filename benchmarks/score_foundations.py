@@ -85,7 +85,7 @@ def sample_model(folder: str, prompts: Sequence[str], seeds: Sequence[int], step
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
-    from diffusers_mv3d.training.train_foundation import sample_ddim
+    from diffusers_mv3d.sampling import sample_ddim
 
     unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")).eval()
     text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder")).eval()

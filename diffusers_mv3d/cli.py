@@ -12,7 +12,7 @@ from typing import List, Optional
 from . import demo, generate
 from .data import render_dataset
 from .evaluation import evaluate
-from .training import train_baseline, train_foundation, train_reconstructor, train_tunemv3d
+from .training.commands import add_parsers as add_trainer_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,10 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     render_dataset.add_parser(sub)
-    train_foundation.add_parser(sub)
-    train_tunemv3d.add_parser(sub)
-    train_reconstructor.add_parser(sub)
-    train_baseline.add_parser(sub)
+    add_trainer_parsers(sub)
     evaluate.add_parser(sub)
     demo.add_parser(sub)
     return parser

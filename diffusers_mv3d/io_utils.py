@@ -1,7 +1,14 @@
-"""Writing files so that nothing on disk is ever half-written: a temporary name, then a rename."""
+"""Writing files and folders so that nothing on disk is ever half-written: a temporary name, then a rename.
+
+:func:`atomic_write` writes one file, :func:`atomic_write_folder` a whole folder (a checkpoint, a
+pipeline folder). Both remove the temporary when the writer fails, so ``path`` is either the old
+content or the new one, never a part of it.
+"""
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Callable, Union
 
 
@@ -30,6 +37,46 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[str], object]) 
             os.remove(temporary)
         raise
     return path
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> str:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_folder(final: Union[str, os.PathLike], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_folder)``, then rename it to ``final``; on failure remove the temporary folder.
+
+    The temporary folder is the sibling ``.tmp-NAME-PID``; an existing ``final`` is first renamed to
+    ``.old-NAME-PID`` and deleted after the swap (``remove_stale_temporaries`` in
+    :mod:`diffusers_mv3d.training.checkpointing` cleans up after a process killed in between).
+    Returns ``final``.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        fsync_tree(tmp)  # every file on disk before the rename publishes the folder
+        _replace_folder(tmp, final)
+        fsync_path(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_folder(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` to ``final`` by renames only; ``final`` is never a partial folder."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def fsync_path(path: Union[str, os.PathLike]) -> None:

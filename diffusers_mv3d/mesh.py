@@ -4,8 +4,8 @@ The paper turns the final views into a mesh with a SparseNeuS variant in one for
 per-object optimisation. Here that is three small steps, each usable on its own:
 
 1. :func:`mesh_from_neus`: the zero level set of a :class:`LatentSparseNeuS` SDF, given a context
-   encoded from the final (clean, ``t = 0``) views, by marching cubes
-   (:meth:`LatentSparseNeuS.extract_mesh`). The pipeline passes its ``neus`` or its optional
+   encoded from the final (clean, ``t = 0``) views, by marching cubes on
+   :meth:`LatentSparseNeuS.sdf_grid`. The pipeline passes its ``neus`` or its optional
    ``reconstructor`` (a LatentSparseNeuS trained on clean views at full resolution).
 2. :func:`color_vertices`: vertex colours taken from the final views. Every vertex is projected into
    every view; a view counts for a vertex only when the vertex is not hidden from it (a ray cast from
@@ -59,7 +59,15 @@ def mesh_from_neus(
         raise ValueError(f"object_index must be in [0, {batch}), got {object_index}")
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
-    return neus.extract_mesh(context, resolution=resolution, object_index=object_index)
+    from skimage.measure import marching_cubes
+
+    sdf = neus.sdf_grid(context, resolution, object_index).float().cpu().numpy()  # R R R, x y z order
+    if not (sdf.min() < 0 < sdf.max()):
+        raise ValueError("the SDF has no zero crossing inside the bounds: no surface to mesh")
+    vertices, faces, _, _ = marching_cubes(sdf, level=0.0)  # grid indices
+    bound = neus.config.bound_radius
+    vertices = vertices / (resolution - 1) * 2 * bound - bound  # grid -> world cube [-bound, bound]^3
+    return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
 
 
 # ---------------------------------------------------------------------------------------- 2. colours

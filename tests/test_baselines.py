@@ -22,7 +22,9 @@ from diffusers_mv3d.models.multiview_self_attention import (
     set_multiview_self_attention,
 )
 from diffusers_mv3d.training.config import add_dataclass_arguments, config_from_args
-from diffusers_mv3d.training.train_baseline import BaselineTrainConfig, load_baseline, main, sample_views
+from diffusers_mv3d.foundation import load_baseline
+from diffusers_mv3d.sampling import sample_views
+from diffusers_mv3d.training.train_baseline import BaselineTrainConfig, main
 from dummies import TEXT_DIM, tiny_pipeline, tiny_unet
 from test_train_tunemv3d import make_pixel_foundation
 from training_fixtures import REPO, render_objects
@@ -179,10 +181,10 @@ def test_three_steps_write_a_model_folder_that_loads_and_samples_views(straight_
 
 
 def test_a_foundation_samples_as_the_foundation_trainer_does(workdir):
-    """``sample_views`` on the untrained foundation is ``train_foundation.sample_ddim`` on its views
+    """``sample_views`` on the untrained foundation is ``sampling.sample_ddim`` on its views
     (same DDIM schedule, guidance and noise: the evaluation's seeds mean the same start)."""
-    from diffusers_mv3d.training.train_foundation import sample_ddim
-    from diffusers_mv3d.training.train_tunemv3d import load_foundation
+    from diffusers_mv3d.foundation import load_foundation
+    from diffusers_mv3d.sampling import sample_ddim
 
     parts = load_foundation(str(workdir / "foundation"))
     got = sample_views(parts, "a red chair", num_views=3, num_inference_steps=3, generator=torch.manual_seed(0))

@@ -138,17 +138,17 @@ def test_latent_space_and_extra_query_cameras():
     assert out.sample_weights.shape == out.sample_points.shape[:-1]
 
 
-def test_extract_mesh_of_sphere_sdf():
+def test_sdf_grid_of_a_sphere_sdf_is_the_distance_to_its_surface():
     neus = tiny_neus().eval()
     neus.field = SphereField(radius=0.5)
     cameras = default_cameras(2, resolution=8)
     with torch.no_grad():
         context = neus.encode(torch.zeros(1, 2, 3, 8, 8), 0, cameras)
-    mesh = neus.extract_mesh(context, resolution=32)
-    radii = torch.from_numpy(mesh.vertices).norm(dim=-1)
-    assert len(mesh.faces) > 100
-    assert torch.allclose(radii, torch.full_like(radii, 0.5), atol=0.03)
-    assert mesh.is_watertight and mesh.volume > 0  # outward-facing triangles
+    grid = neus.sdf_grid(context, resolution=9)  # x y z order over [-bound, bound]^3
+    axis = torch.linspace(-neus.config.bound_radius, neus.config.bound_radius, 9)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    assert grid.shape == (9, 9, 9)
+    assert torch.allclose(grid, points.norm(dim=-1) - 0.5, atol=1e-5)
 
 
 def test_bad_input_raises():

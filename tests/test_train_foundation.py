@@ -28,15 +28,10 @@ from diffusers_mv3d.training.diffusion_loss import (
     training_target,
     vlb_bits_per_dim,
 )
-from diffusers_mv3d.training.train_foundation import (
-    FoundationTrainConfig,
-    build_noise_scheduler,
-    build_unet,
-    global_batch_indices,
-    latest_checkpoint,
-    main,
-    save_checkpoint,
-)
+from diffusers_mv3d.training.checkpointing import latest_checkpoint, save_training_checkpoint
+from diffusers_mv3d.training.common import global_batch_indices
+from diffusers_mv3d.training.foundation_model import FoundationModel, build_noise_scheduler, ema_checkpoint_extras
+from diffusers_mv3d.training.train_foundation import FoundationTrainConfig, build_unet, main
 from diffusers_mv3d.training.text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -381,11 +376,16 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     cfg = FoundationTrainConfig(**tiny_settings(tmp_path, tmp_path))
     tokenizer = train_word_tokenizer(["a red box"])
-    unet, encoder = build_unet(cfg), build_text_encoder(tokenizer, 16, 1, 2)
-    params = list(unet.parameters()) + list(encoder.parameters())
+    model = FoundationModel(build_unet(cfg), build_text_encoder(tokenizer, 16, 1, 2), tokenizer)
+    params = list(model.parameters())
     optimizer = torch.optim.AdamW(params)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 1, 3)
     ema = EMAModel(params, use_ema_warmup=True)
+    models = {"unet": model.unet, "text_encoder": model.text_encoder}
+
+    def save_checkpoint(folder):
+        save_training_checkpoint(folder, 1, models, optimizer, scheduler, cfg, ema_checkpoint_extras(model, ema))
+
     checkpoints = tmp_path / "checkpoints"
     final = checkpoints / "checkpoint-000001"
     real_save_file = safetensors.torch.save_file
@@ -401,19 +401,19 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+        save_checkpoint(final)
     assert seen and all(name.startswith(".tmp-checkpoint-000001") for name in seen)
     assert not final.exists() and list(checkpoints.iterdir()) == []  # the partial folder was removed
     assert latest_checkpoint(checkpoints) is None
 
     monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
-    save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+    save_checkpoint(final)
     # a killed writer leaves a temporary folder; --resume latest ignores it and any unfinished folder
     (checkpoints / ".tmp-checkpoint-000009-123").mkdir()
     (checkpoints / "checkpoint-000008").mkdir()
     assert latest_checkpoint(checkpoints) == final
     # rewriting an existing checkpoint replaces it whole
-    save_checkpoint(final, 1, unet, encoder, tokenizer, ema, optimizer, scheduler, cfg)
+    save_checkpoint(final)
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         ".tmp-checkpoint-000009-123", "checkpoint-000001", "checkpoint-000008"]
 
@@ -433,10 +433,11 @@ def test_time_budget_stops_with_a_checkpoint(data_dir, tmp_path):
 _KILLING_RUN = """
 import json, os, signal, sys
 from pathlib import Path
+import diffusers_mv3d.io_utils
 import diffusers_mv3d.training.train_foundation as tf
 
 target = sys.argv[2]
-original = tf.write_atomically
+original = diffusers_mv3d.io_utils.atomic_write_folder
 
 def write_then_die(final, write):
     if Path(final).name != target:
@@ -446,7 +447,9 @@ def write_then_die(final, write):
     write(tmp)  # the folder is complete, but the process dies before the rename
     os.kill(os.getpid(), signal.SIGKILL)
 
-tf.write_atomically = write_then_die
+for module in list(sys.modules.values()):  # every module that imported the folder writer
+    if getattr(module, "atomic_write_folder", None) is original:
+        module.atomic_write_folder = write_then_die
 tf.main(tf.FoundationTrainConfig(**json.loads(Path(sys.argv[1]).read_text())))
 """
 

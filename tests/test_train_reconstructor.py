@@ -43,14 +43,14 @@ def tiny_settings(objects_dir: Path, output_dir: Path, **overrides) -> dict:
         rays_per_view=16,
         eikonal_weight=0.1,
         eikonal_points=32,
-        feature_channels=8,
-        encoder_channels=8,
-        hidden_dim=16,
-        num_sdf_layers=2,
-        num_color_layers=1,
-        num_frequencies=2,
-        num_coarse_samples=8,
-        num_importance_samples=4,
+        neus_feature_channels=8,
+        neus_encoder_channels=8,
+        neus_hidden_dim=16,
+        neus_num_sdf_layers=2,
+        neus_num_color_layers=1,
+        neus_num_frequencies=2,
+        neus_num_coarse_samples=8,
+        neus_num_importance_samples=4,
         checkpointing_steps=2,
         validation_steps=3,
         validation_mesh_resolution=16,
@@ -71,8 +71,8 @@ def straight_run(objects_dir):
     [
         ("rays_per_view", 0, "--rays-per-view"),
         ("eikonal_weight", -1.0, "--eikonal-weight"),
-        ("init_radius", 1.5, "--init-radius"),
-        ("num_coarse_samples", 1, "--num-coarse-samples"),
+        ("neus_init_radius", 1.5, "--neus-init-radius"),
+        ("neus_num_coarse_samples", 1, "--neus-num-coarse-samples"),
         ("validation_mesh_resolution", 4, "--validation-mesh-resolution"),
         ("lr_scheduler", "step", "--lr-scheduler"),
         ("batch_size", 0, "--batch-size"),
@@ -161,5 +161,30 @@ def test_stop_and_resume_equals_the_uninterrupted_run(straight_run, objects_dir)
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
-    with pytest.raises(ValueError, match="--hidden-dim"):
-        main(ReconstructorTrainConfig(**tiny_settings(objects_dir, split, resume="latest", hidden_dim=32)))
+    with pytest.raises(ValueError, match="--neus-hidden-dim"):
+        main(ReconstructorTrainConfig(**tiny_settings(objects_dir, split, resume="latest", neus_hidden_dim=32)))
+
+
+def test_settings_of_the_old_spelling_load_from_config_files_and_checkpoints(tmp_path):
+    """Issue 15 spelled the NeuS settings as train does (hidden_dim -> neus_hidden_dim): files and
+    checkpoints written before still load, with a warning naming both names."""
+    import json
+
+    from diffusers_mv3d.training.checkpointing import STATE_FILE, check_architecture
+
+    old = tmp_path / "old.yaml"
+    old.write_text("hidden_dim: 32\ninit_radius: 0.4\nbatch_size: 2\n")
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, ReconstructorTrainConfig)
+    with pytest.warns(FutureWarning, match="'hidden_dim' was renamed 'neus_hidden_dim'"):
+        cfg = config_from_args(ReconstructorTrainConfig, parser.parse_args(["--config", str(old)]))
+    assert (cfg.neus_hidden_dim, cfg.neus_init_radius, cfg.batch_size) == (32, 0.4, 2)
+
+    checkpoint = tmp_path / "checkpoint-000002"
+    checkpoint.mkdir()
+    saved = {name.replace("neus_", ""): value for name, value in cfg.architecture().items()}  # the old names
+    (checkpoint / STATE_FILE).write_text(json.dumps({"step": 2, "architecture": saved, "config": {}}))
+    with pytest.warns(FutureWarning, match="renamed"):
+        check_architecture(cfg, checkpoint)
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="--neus-hidden-dim 64 differs"):
+        check_architecture(ReconstructorTrainConfig(neus_init_radius=0.4), checkpoint)

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from diffusers_mv3d.training.config import add_dataclass_arguments, config_from_args, config_to_dict
+from diffusers_mv3d.foundation import load_foundation
+from diffusers_mv3d.training.branch import TuneMV3DBranch
 from diffusers_mv3d.training.train_tunemv3d import (
-    TuneMV3DBranch,
     TuneMV3DTrainConfig,
     build_branch,
-    load_foundation,
     main,
     training_losses,
 )
@@ -38,8 +38,8 @@ CAPTIONS = ["a red chair", "a green bench with a slatted seat", "a blue table"]
 def make_pixel_foundation(folder: Path, resolution: int = 16) -> Path:
     """An IF-style foundation (6-channel UNet, CLIP text encoder, word tokenizer, DDPM) in train-foundation's layout."""
     from diffusers_mv3d.training.text import build_text_encoder, train_word_tokenizer
-    from diffusers_mv3d.training.train_foundation import (
-        FoundationTrainConfig, build_noise_scheduler, build_unet, save_pipeline)
+    from diffusers_mv3d.training.foundation_model import build_noise_scheduler, build_unet, save_pipeline
+    from diffusers_mv3d.training.train_foundation import FoundationTrainConfig
 
     cfg = FoundationTrainConfig(resolution=resolution, block_out_channels=(16, 32), norm_num_groups=8,
                                 text_hidden_size=16, text_layers=1, text_heads=2)
@@ -188,7 +188,7 @@ def test_cli_dry_run_in_a_subprocess():
 def test_model_card_command_reproduces_the_settings(tmp_path):
     import shlex
 
-    from diffusers_mv3d.training.model_card import command_line
+    from diffusers_mv3d.training.config import command_line
 
     cfg = TuneMV3DTrainConfig(max_train_steps=5, geometry_attention_levels=(0, 1), resume="latest",
                               push_to_hub=True, hub_model_id="me/branch", hub_private=False, neus_dropout=0.25)
@@ -300,7 +300,8 @@ def test_three_steps_write_checkpoints_samples_and_a_loadable_model_folder(strai
     assert all(torch.equal(final[k], v) for k, v in neus.state_dict().items())
     card = (model / "README.md").read_text()
     assert str(workdir / "foundation") in card and str(workdir / "objects") in card
-    assert "- Steps: 3" in card and "loss_diffusion" in card and "diffusers-mv3d train --pretrained-model" in card
+    assert "- Steps: 3" in card and "loss_diffusion" in card
+    assert "diffusers-mv3d train --" in card and f"--pretrained-model {workdir / 'foundation'}" in card
 
 
 def test_stop_and_resume_equals_the_uninterrupted_run(straight_run, workdir):

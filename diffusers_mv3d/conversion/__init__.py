@@ -35,7 +35,7 @@ The modules: :mod:`.components` (the frozen base, the scheduler, the branch), :m
 :mod:`.assemble` (the pipeline folder) and :mod:`.controlnet` (the ControlNet conversion).
 """
 
-from .assemble import assemble_pipeline, push_folder_to_hub, save_pipeline_folder
+from .assemble import assemble_pipeline, save_pipeline_folder
 from .components import (
     BaseComponents,
     FreshBranchConfig,

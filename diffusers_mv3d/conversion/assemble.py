@@ -2,12 +2,10 @@
 (:mod:`diffusers_mv3d.conversion`, ``conversion/assemble_pipeline.py``).
 """
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
+from ..hub import push_folder_to_hub, write_pipeline_folder
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
 from .components import (
@@ -24,58 +22,15 @@ from .components import (
 )
 from .model_card import assemble_command, model_card_text
 
-def _rename_tokenizer_class(folder: Path) -> None:
-    """transformers 5 records a plain fast tokenizer as ``TokenizersBackend``, a class transformers 4
-    lacks; ``PreTrainedTokenizerFast`` loads in both (as train-foundation writes it)."""
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    if index.get("tokenizer", [None, None])[1] != "TokenizersBackend":
-        return
-    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    config_path = folder / "tokenizer" / "tokenizer_config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text())
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-
+HUB_COMMIT_MESSAGE = "Upload TuneMV3DPipeline (conversion/assemble_pipeline.py)"
 
 def save_pipeline_folder(pipe: TuneMV3DPipeline, out: PathLike, card: str, overwrite: bool = False) -> Path:
-    """``save_pretrained`` (safetensors) + README.md into a temporary sibling, then renamed to ``out``:
+    """``save_pretrained`` (safetensors) + README.md, written whole (:func:`~diffusers_mv3d.hub.write_pipeline_folder`):
     a reader never sees half a folder. An existing non-empty ``out`` needs ``overwrite``."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ValueError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        _rename_tokenizer_class(tmp)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def push_folder_to_hub(folder: PathLike, repo_id: str, private: bool = False) -> str:
-    """Upload the written folder (weights + our README.md) as one commit. ``pipe.push_to_hub`` would
-    re-save the pipeline and replace the model card with an empty one, so the folder is uploaded."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                             commit_message="Upload TuneMV3DPipeline (conversion/assemble_pipeline.py)")
-    return str(getattr(info, "commit_url", info))
+    return write_pipeline_folder(pipe, out, card)
 
 
 def assemble_pipeline(
@@ -144,12 +99,11 @@ def assemble_pipeline(
 
     # 2. the branch: trained, converted or fresh
     reconstructor_model = None
-    fresh_cfg = FreshBranchConfig(seed=seed)
     if branch is not None:
         controlnet_model, neus, reconstructor_model = load_branch(branch)
         check_branch_fits_unet(controlnet_model, neus, parts.unet, "--branch", branch, base)
     else:
-        controlnet_model, neus = fresh_branch(parts.unet, latent, fresh_cfg)
+        controlnet_model, neus = fresh_branch(parts.unet, latent, FreshBranchConfig(), seed)
     if controlnet_path is not None:
         controlnet_model = _load_model(MultiViewControlNetModel, controlnet_path, None, "--controlnet",
                                        "a MultiViewControlNetModel").eval()
@@ -181,11 +135,11 @@ def assemble_pipeline(
         if out is not None:
             folder = save_pipeline_folder(pipe, out, card, overwrite=overwrite)
             if push_to_hub:
-                push_folder_to_hub(folder, push_to_hub, private=private)
+                push_folder_to_hub(folder, push_to_hub, private, HUB_COMMIT_MESSAGE)
         else:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
                 folder = save_pipeline_folder(pipe, Path(tmp) / "pipeline", card)
-                push_folder_to_hub(folder, push_to_hub, private=private)
+                push_folder_to_hub(folder, push_to_hub, private, HUB_COMMIT_MESSAGE)
     return pipe

@@ -11,7 +11,7 @@ import torch
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
-from ..training.train_tunemv3d import TuneMV3DTrainConfig, build_branch_from_unet, build_neus
+from ..training.branch import BranchSettings, build_branch_from_unet, build_neus
 
 PathLike = Union[str, os.PathLike]
 
@@ -171,25 +171,25 @@ def inference_scheduler(base_scheduler_config: Dict[str, Any], latent: bool, con
 # ----------------------------------------------------------------------------------------------
 
 
-FreshBranchConfig = TuneMV3DTrainConfig
-"""Architecture of a fresh branch: the settings of ``diffusers-mv3d train`` themselves
-(``TuneMV3DTrainConfig``; only ``seed``, ``geometry_attention_*``, ``conditioning_channels`` and
-``neus_*`` are read), so a fresh pipeline's branch is the one the trainer starts from with the same ``seed``."""
+FreshBranchConfig = BranchSettings
+"""Architecture of a fresh branch: the branch settings of ``diffusers-mv3d train`` themselves
+(:class:`~diffusers_mv3d.training.branch.BranchSettings`, which ``TuneMV3DTrainConfig`` extends), so a
+fresh pipeline's branch is the one the trainer starts from with the same ``seed``."""
 
 
 def fresh_neus(in_channels: int, latent: bool, cfg: FreshBranchConfig) -> LatentSparseNeuS:
     """A new LatentSparseNeuS in the diffusion space (background 1.0 = white pixels, 0.0 for latents)."""
-    return build_neus(in_channels, latent, cfg)
+    return build_neus(cfg, in_channels, 0.0 if latent else 1.0, cfg.neus_render_resolution or None)
 
 
-def fresh_branch(unet, latent: bool, cfg: Optional[FreshBranchConfig] = None
+def fresh_branch(unet, latent: bool, cfg: Optional[FreshBranchConfig] = None, seed: int = 0
                  ) -> Tuple[MultiViewControlNetModel, LatentSparseNeuS]:
     """``MultiViewControlNetModel.from_unet`` + a new ``LatentSparseNeuS`` as the trainer builds them
-    (:func:`~diffusers_mv3d.training.train_tunemv3d.build_branch_from_unet`), seeded by ``cfg.seed``
-    (the global RNG is left as it was). The branch's residuals are exactly zero."""
+    (:func:`~diffusers_mv3d.training.branch.build_branch_from_unet`), seeded by ``seed`` (the trainer's
+    ``--seed``; the global RNG is left as it was). The branch's residuals are exactly zero."""
     cfg = cfg or FreshBranchConfig()
     with torch.random.fork_rng(devices=[]):
-        controlnet, neus = build_branch_from_unet(unet, int(unet.config.in_channels), latent, cfg)
+        controlnet, neus = build_branch_from_unet(unet, int(unet.config.in_channels), latent, cfg, seed)
     return controlnet.eval(), neus.eval()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
-from .components import _is_hub_id
+from ..hub import model_card_front_matter
 
 ASSEMBLE_SCRIPT = "python conversion/assemble_pipeline.py"
 
@@ -47,9 +47,7 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
 
 def _trainer_of(role: str):
     """The command and settings class of the trainer that writes a ``role`` folder."""
-    from ..training.train_foundation import FoundationTrainConfig
-    from ..training.train_reconstructor import ReconstructorTrainConfig
-    from ..training.train_tunemv3d import TuneMV3DTrainConfig
+    from ..training.commands import FoundationTrainConfig, ReconstructorTrainConfig, TuneMV3DTrainConfig
 
     return {"base": ("diffusers-mv3d train-foundation", FoundationTrainConfig),
             "branch": ("diffusers-mv3d train", TuneMV3DTrainConfig),
@@ -89,7 +87,8 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
     exact), the data split, steps, wall and CPU time (:func:`run_summary`). Empty without such folders."""
     from ..training.checkpointing import list_checkpoints
     from ..training.config import config_from_args
-    from ..training.model_card import command_line, run_summary
+    from ..hub import run_summary
+    from ..training.config import command_line
 
     rows = []
     for role in ("base", "branch", "reconstructor"):
@@ -139,11 +138,8 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
              f"{pipe.image_size} x {pipe.image_size} images)") if latent else \
         f"pixel space ({unet.in_channels} x {unet.sample_size} x {unet.sample_size})"
     scheduler = pipe.scheduler.config
-    front = ["---", "library_name: diffusers", "pipeline_tag: text-to-3d", "tags:",
-             "- diffusers", "- diffusers-mv3d", "- tunemv3d", "- multiview", "- text-to-3d"]
-    if _is_hub_id(base):
-        front.append(f"base_model: {base}")
-    front.append("---")
+    front = model_card_front_matter(("diffusers", "diffusers-mv3d", "tunemv3d", "multiview", "text-to-3d"), base,
+                                    pipeline_tag="text-to-3d")
     branch_source = "a fresh branch started from the base UNet (untrained)" if fresh else \
         f"`{controlnet}`" if controlnet is not None and branch is None else f"`{branch}`"
     rows = [

@@ -17,8 +17,8 @@ Every reader raises :class:`ObjectFolderError` naming the offending file; nothin
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -27,6 +27,7 @@ import trimesh
 from PIL import Image
 
 from ..cameras import Cameras, intrinsics_from_fov
+from ..io_utils import atomic_write_folder
 from .render import to_gltf_axes
 
 CAMERAS_FILE = "cameras.json"
@@ -64,7 +65,8 @@ def write_object(
 ) -> str:
     """Write one object folder ``root/object_id`` atomically and return its path.
 
-    Everything goes to ``root/.tmp-<object_id>`` first, which is renamed when complete, so a
+    Everything goes to ``root/.tmp-<object_id>-<pid>`` first (:func:`~diffusers_mv3d.io_utils.atomic_write_folder`),
+    which is renamed when complete, so a
     folder named ``object_id`` is always whole.
 
     Args:
@@ -80,24 +82,22 @@ def write_object(
         raise ValueError(f"rgba images are {rgba.shape[1:3]} but cameras are {cameras.height} x {cameras.width}")
     if not 0 <= num_input_views <= len(cameras):
         raise ValueError(f"num_input_views must be in [0, {len(cameras)}], got {num_input_views}")
-    final, tmp = os.path.join(root, object_id), os.path.join(root, TMP_PREFIX + object_id)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, RGBA_DIR))
     pixels = np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8)
-    for i, image in enumerate(pixels):
-        Image.fromarray(image, "RGBA").save(os.path.join(tmp, RGBA_DIR, view_name(i) + ".png"))
     camera_dict = dict(cameras.to_dict(), num_input_views=num_input_views)
-    with open(os.path.join(tmp, CAMERAS_FILE), "w") as f:
-        json.dump(camera_dict, f)
-    with open(os.path.join(tmp, CAPTION_FILE), "w", encoding="utf-8") as f:
-        f.write(caption.strip() + "\n")
-    if mesh is not None:
-        to_gltf_axes(mesh).export(os.path.join(tmp, MESH_FILE))  # +y up, as glTF says
-    if metadata is not None:
-        with open(os.path.join(tmp, OBJECT_FILE), "w") as f:
-            json.dump(metadata, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+
+    def write(tmp: Path) -> None:
+        os.makedirs(tmp / RGBA_DIR)
+        for i, image in enumerate(pixels):
+            Image.fromarray(image, "RGBA").save(tmp / RGBA_DIR / (view_name(i) + ".png"))
+        (tmp / CAMERAS_FILE).write_text(json.dumps(camera_dict))
+        (tmp / CAPTION_FILE).write_text(caption.strip() + "\n", encoding="utf-8")
+        if mesh is not None:
+            to_gltf_axes(mesh).export(str(tmp / MESH_FILE))  # +y up, as glTF says
+        if metadata is not None:
+            (tmp / OBJECT_FILE).write_text(json.dumps(metadata, indent=1))
+
+    final = os.path.join(root, object_id)
+    atomic_write_folder(final, write)
     return final
 
 

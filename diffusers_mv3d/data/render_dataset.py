@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cameras import Cameras, default_cameras
+from ..io_utils import atomic_write_text
 from .format import TMP_PREFIX, write_object
 from .render import MESH_EXTENSIONS, UP_AXIS_CHOICES, load_mesh, random_cameras, render_views
 from .splits import SPLITS, split_entry
@@ -152,7 +153,7 @@ def _foundation_task(config: RenderConfig, chunk: Tuple[int, int]) -> Optional[s
         file_name = f"images/{index:06d}.png"
         Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB").save(os.path.join(config.out, file_name))
         records.append(dict(file_name=file_name, text=obj.caption, category=category, colour=colour, object_id=object_id))
-    _atomic_write(_chunk_path(config.out, start, stop), "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(_chunk_path(config.out, start, stop), "".join(json.dumps(r) + "\n" for r in records))
     return None
 
 
@@ -189,14 +190,6 @@ def _chunk_path(out: str, start: int, stop: int) -> str:
     return os.path.join(out, "chunks", f"{start:07d}-{stop:07d}.jsonl")
 
 
-def _atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _disk_bytes(root: str) -> int:
     """Total size of the files under ``root``."""
     return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(root) for n in names)
@@ -224,7 +217,7 @@ def _check_settings(config: RenderConfig) -> None:
                 "use another --out"
             )
     else:
-        _atomic_write(path, json.dumps(settings, indent=1) + "\n")
+        atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def _worker_init() -> None:
@@ -313,7 +306,7 @@ def _render_foundation(config: RenderConfig) -> Tuple[int, int, List[str]]:
     for chunk in chunks:
         with open(_chunk_path(config.out, *chunk), encoding="utf-8") as f:
             lines.append(f.read())
-    _atomic_write(os.path.join(config.out, "metadata.jsonl"), "".join(lines))
+    atomic_write_text(os.path.join(config.out, "metadata.jsonl"), "".join(lines))
     return sum(stop - start for start, stop in todo), config.num_objects, failures
 
 

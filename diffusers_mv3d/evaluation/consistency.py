@@ -37,7 +37,6 @@ their ground-truth figure.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
+from ..threads import torch_threads
 
 __all__ = [
     "foreground_masks",
@@ -143,18 +143,6 @@ def _sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     flat = points.reshape(1, -1, 1, 1, 3)
     out = F.grid_sample(volume, flat, mode="bilinear", padding_mode="zeros", align_corners=False)  # [1, C, P, 1, 1]
     return out.reshape(grid.shape[0], -1).t().reshape(*points.shape[:-1], grid.shape[0])
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: Optional[int]):
-    """Run a block with ``torch.set_num_threads(num_threads)`` (None: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +549,7 @@ def reconstruction_psnr(
     train = [i for i in range(num_views) if i not in held]
     if not held or not train:
         raise ValueError(f"held_out={list(held_out)} must name some but not all of the {num_views} views")
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         # 1. Targets: colours [V, HW, 3] in [0, 1], masks [V, HW], and every pixel's ray.
         target = ((images.float() + 1.0) / 2.0).flatten(2).transpose(1, 2)
         target_mask = _as_bool_masks(masks).float().flatten(1)

@@ -84,8 +84,9 @@ import torch
 from ..cameras import default_cameras
 from ..data.splits import split_objects
 from ..io_utils import atomic_write
+from ..threads import torch_threads
 from ..training.config import add_dataclass_arguments, config_to_dict, resolve_or_exit
-from .consistency import _torch_threads, foreground_masks
+from .consistency import foreground_masks
 from .metrics import _image_psnr_ssim, chamfer_l1, score_views, volume_iou, voxelize_mesh
 from .report import machine_description, markdown_report, write_results
 from .settings import (
@@ -197,7 +198,7 @@ def evaluate(cfg: EvaluationConfig, views_dir: Optional[str] = None, pipe=None) 
         ``{"config", "prompts", "seeds", "variants": {name: summary}, "objects": [records],
         "image_to_multiview": {...} or None, "model": {...}, "classifier", "machine", "date"}``.
     """
-    with _torch_threads(cfg.num_threads or None):
+    with torch_threads(cfg.num_threads or None):
         return _evaluate(cfg, views_dir, pipe)
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..io_utils import atomic_write_text
 from ..training.config import add_dataclass_arguments, resolve_or_exit, save_config
 from .classifier import AttributeClassifier, _label_indices, accuracy_from_logits, classify, fidelity
 
@@ -211,7 +212,7 @@ def main(cfg: ClassifierTrainConfig) -> Dict[str, object]:
     os.makedirs(cfg.out, exist_ok=True)
     classifier.save_pretrained(cfg.out, safe_serialization=True)
     save_config(cfg, os.path.join(cfg.out, "train_config.yaml"))
-    _write_json(os.path.join(cfg.out, "metrics.json"), metrics)
+    atomic_write_text(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -224,13 +225,6 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _nan_to_zero(value: float) -> float:
     return 0.0 if value != value else value
-
-
-def _write_json(path: str, data: Dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def train_attribute_classifier(data_dir: str, out_dir: str, steps: int = 2000, **settings: object) -> Dict[str, object]:

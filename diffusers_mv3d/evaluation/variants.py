@@ -14,6 +14,8 @@ from torch import nn
 from ..cameras import Cameras
 from ..data.splits import split_entry
 from ..data.world import ProceduralObject, generate_object
+from ..foundation import load_baseline
+from ..sampling import classifier_free_guidance, sample, sample_views
 from .settings import BASELINE_VARIANTS, REFERENCE_VARIANTS, EvalPrompt
 
 _RATIOS = {"k0": 0.0, "k0.25": 0.25, "k0.5": 0.5, "k1": 1.0}
@@ -132,7 +134,7 @@ def sample_foundation(
 ) -> torch.Tensor:
     """The frozen UNet alone sampling ``num_views`` images of ``prompt`` independently -> ``[V, 3, H, W]`` in ``[0, 1]``.
 
-    The same loop as the pipeline's without the branch: a fresh ``DDIMScheduler`` from the
+    The pipeline's loop (:func:`~diffusers_mv3d.sampling.sample`) without the branch: a fresh ``DDIMScheduler`` from the
     pipeline's inner scheduler config with the pipeline's ``eta``, classifier-free guidance with the empty negative prompt, and
     the pipeline's initial noise (``randn [1, V, C, h, w]`` from ``generator``, one noise a view). A
     pipeline whose branch adds zero (a fresh one) gives the same images.
@@ -151,23 +153,20 @@ def sample_foundation(
     if do_cfg:
         text = torch.cat([negative, text])
     text = text.repeat_interleave(num_views, 0)  # [(2) V, L, D]
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
+
+    def predict(model_input: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         doubled = torch.cat([model_input] * 2) if do_cfg else model_input
         noise = pipe.unet(doubled, t, text).sample[:, :channels]  # drop a learned variance (IF)
-        if do_cfg:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(noise, t, x, eta=pipe.scheduler.config.eta, generator=generator).prev_sample
+        return classifier_free_guidance(noise, guidance_scale) if do_cfg else noise
+
+    x = sample(scheduler, x, predict, eta=pipe.scheduler.config.eta, generator=generator)
     return ((pipe.decode_views(x).float().clamp(-1, 1) + 1) / 2).cpu()
 
 
 def load_baselines(cfg, image_size: int) -> Dict[str, Any]:
     """The baselines ``cfg.variants`` asks for, by variant: ``--finetune-model`` / ``--mvdream-model`` loaded
-    with :func:`~diffusers_mv3d.training.train_baseline.load_baseline` on ``cfg.device``; each must
+    with :func:`~diffusers_mv3d.foundation.load_baseline` on ``cfg.device``; each must
     make ``image_size``-px views."""
-    from ..training.train_baseline import load_baseline
-
     baselines = {}
     for variant, field in BASELINE_VARIANTS.items():
         if variant in cfg.variants:
@@ -185,15 +184,13 @@ def generate_views(pipe, variant: str, prompt: str, num_views: int, steps: int, 
     """One object of a generated variant -> ``[V, 3, H, W]`` in ``[0, 1]`` on the CPU.
 
     The baselines (``baselines`` from :func:`load_baselines`) sample with
-    :func:`~diffusers_mv3d.training.train_baseline.sample_views`: the pipeline's initial noise for the
+    :func:`~diffusers_mv3d.sampling.sample_views`: the pipeline's initial noise for the
     seed, DDIM from the same schedule with the pipeline's ``eta``, the default cameras.
     """
     generator = torch.Generator().manual_seed(seed)
     if variant == "foundation":
         return sample_foundation(foundation_pipe or pipe, prompt, num_views, steps, guidance_scale, generator)
     if variant in BASELINE_VARIANTS:
-        from ..training.train_baseline import sample_views
-
         return sample_views(baselines[variant], prompt, num_views, None, steps, guidance_scale, generator,
                             eta=pipe.scheduler.config.eta)
     with _variant_context(pipe, variant):

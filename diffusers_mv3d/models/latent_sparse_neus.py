@@ -11,7 +11,8 @@ For ``V`` noisy views of an object (in pixel or latent space) at timestep ``t``:
 
 The renders, depths, opacities and the per-ray sample points with their weights feed the
 multi-view ControlNet (§3.2) and its geometry-aware attention (§3.1.2). The same class, trained on
-clean views, is the feed-forward reconstructor of §3.5 (``extract_mesh``).
+clean views, is the feed-forward reconstructor of §3.5 (its SDF on a grid, :meth:`LatentSparseNeuS.sdf_grid`,
+is meshed by :func:`diffusers_mv3d.mesh.mesh_from_neus`).
 """
 
 from dataclasses import dataclass
@@ -461,22 +462,6 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         chunk = max(1, self.config.chunk_size * 8)
         values = [self.sdf(grid[:, i : i + chunk], single) for i in range(0, grid.shape[1], chunk)]
         return torch.cat(values, 1).reshape(resolution, resolution, resolution)
-
-    def extract_mesh(self, context: NeuSContext, resolution: int = 64, object_index: int = 0):
-        """Marching cubes on the zero level set of one object's SDF -> ``trimesh.Trimesh``.
-
-        Raises ``ValueError`` when the SDF has no zero crossing inside the bounds (an empty field).
-        """
-        import trimesh
-        from skimage.measure import marching_cubes
-
-        sdf = self.sdf_grid(context, resolution, object_index).float().cpu().numpy()
-        if not (sdf.min() < 0 < sdf.max()):
-            raise ValueError("the SDF has no zero crossing inside the bounds: no surface to mesh")
-        vertices, faces, _, _ = marching_cubes(sdf, level=0.0)
-        bound = self.config.bound_radius
-        vertices = vertices / (resolution - 1) * 2 * bound - bound
-        return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
 
 
 def _cameras_for_batch(cameras: Cameras, batch: int, num_views: int) -> Cameras:

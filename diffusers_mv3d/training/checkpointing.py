@@ -10,7 +10,7 @@ Layout under a trainer's ``--output-dir`` (shared by ``train-foundation``, ``tra
                                   architecture, config; written last, so it marks a finished checkpoint
     log.jsonl                     one JSON record a line (:func:`append_log`)
 
-Every folder is written into a temporary sibling and renamed into place (:func:`write_atomically`), so
+Every folder is written into a temporary sibling and renamed into place (:func:`~diffusers_mv3d.io_utils.atomic_write_folder`), so
 ``final`` is never a partial folder, even if the process is killed mid-write.
 """
 
@@ -26,8 +26,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..io_utils import atomic_write, fsync_path, fsync_tree
-from .config import config_to_dict, flag_name
+from ..io_utils import atomic_write_folder, atomic_write_text
+from .config import config_to_dict, flag_name, renamed_setting
 
 __all__ = [
     "CHECKPOINT_RE",
@@ -44,47 +44,13 @@ __all__ = [
     "peak_rss_mb",
     "prune_checkpoints",
     "remove_stale_temporaries",
-    "replace_dir",
     "resolve_resume",
     "save_training_checkpoint",
     "weights_sha256",
-    "write_atomically",
 ]
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic folders
-# ----------------------------------------------------------------------------------------------
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` to ``final`` by renames only; ``final`` is never a partial folder."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def write_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_folder)``, then rename it to ``final``; on failure remove the temporary folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        fsync_tree(tmp)  # every file on disk before the rename publishes the folder
-        replace_dir(tmp, final)
-        fsync_path(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +110,7 @@ def newest_intact_checkpoint(checkpoint_dir: Path) -> Optional[Path]:
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """Clean up after a process killed inside :func:`write_atomically`: its ``.tmp-NAME-PID`` folder is
+    """Clean up after a process killed inside :func:`~diffusers_mv3d.io_utils.atomic_write_folder`: its ``.tmp-NAME-PID`` folder is
     deleted; its ``.old-NAME-PID`` folder (the previous ``NAME``) is renamed back when ``NAME`` is
     missing (killed between the two renames), else deleted. Folders of live processes are left alone."""
     if not folder.is_dir():
@@ -218,7 +184,7 @@ def check_architecture(cfg, checkpoint: Path) -> None:
     """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``) and those
     that fix its batch stream (:data:`RESUME_KEEPS`), so that it continues the run it resumes."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
-    saved = state["architecture"]
+    saved = {renamed_setting(type(cfg), name, str(checkpoint)): value for name, value in state["architecture"].items()}
     for name, value in cfg.architecture().items():
         if saved.get(name) != value:
             raise ValueError(f"{flag_name(name)} {value!r} differs from the checkpoint's {saved.get(name)!r} "
@@ -238,7 +204,7 @@ def trim_log(path: Path, step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = [line for line in lines if not line.strip() or _record_step(line) <= step]
     if len(kept) != len(lines):
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept), encoding="utf-8"))
+        atomic_write_text(path, "".join(kept))
 
 
 def _record_step(line: str) -> float:
@@ -278,21 +244,23 @@ def optimizer_state_from_files(tensors: Dict[str, torch.Tensor], plain: Dict) ->
 
 
 def save_training_checkpoint(folder: Path, step: int, models: Dict[str, torch.nn.Module], optimizer, lr_scheduler,
-                             cfg) -> None:
-    """Models (``save_pretrained`` sub-folders), optimizer (safetensors), schedule, step and settings (JSON)."""
+                             cfg, extras: Optional[Callable[[Path], Dict]] = None) -> None:
+    """Models (``save_pretrained`` sub-folders), ``extras(folder)``'s files, optimizer (safetensors), and
+    schedule, step, settings and ``extras``' returned entries (JSON)."""
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         for name, model in models.items():
             model.save_pretrained(tmp / name, safe_serialization=True)
+        extra_state = extras(tmp) if extras is not None else {}
         tensors, plain = optimizer_state_to_files(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(),
+        state = {"step": step, "optimizer": plain, "lr_scheduler": lr_scheduler.state_dict(), **extra_state,
                  "architecture": cfg.architecture(), "config": config_to_dict(cfg)}
         # written last: its presence marks a finished checkpoint even without the rename
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 def load_training_checkpoint(folder: Path, optimizer, lr_scheduler) -> int:

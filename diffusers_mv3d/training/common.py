@@ -1,5 +1,5 @@
-"""Plumbing the trainers share: the reproducible batch stream, processes, LR schedule, sample grids and
-the command line.
+"""Plumbing the trainers share besides the runner (:mod:`.runner`): the reproducible batch stream, sample
+grids and the command line.
 
 Every random draw of a run is a function of ``(seed, step)`` (and the process index), so a resumed run
 continues exactly where the checkpoint left off: :func:`global_batch_indices` picks a step's objects,
@@ -7,23 +7,18 @@ continues exactly where the checkpoint left off: :func:`global_batch_indices` pi
 """
 
 import math
-import os
 import sys
-from typing import Callable, Dict, Iterator, List, Type
+from typing import Callable, Iterator, List, Type
 
 import torch
 
-from .config import add_dataclass_arguments, flag_name, resolve_or_exit
+from .config import add_dataclass_arguments, resolve_or_exit
 
 __all__ = [
     "StepBatchSampler",
     "add_trainer_parser",
-    "build_lr_scheduler",
-    "check_batch_size",
     "final_step",
     "global_batch_indices",
-    "make_accelerator",
-    "reduce_mean",
     "run_trainer",
     "save_grid",
     "script_main",
@@ -89,52 +84,6 @@ def step_loader(dataset, cfg, start_step: int, stop_step: int, rank: int, world:
 
 
 # ----------------------------------------------------------------------------------------------
-# Processes, schedule
-# ----------------------------------------------------------------------------------------------
-
-
-def check_batch_size(cfg, world: int) -> None:
-    """``--batch-size`` is the global batch: it must split evenly across the ``world`` processes."""
-    if cfg.batch_size % world:
-        raise ValueError(f"{flag_name('batch_size')} {cfg.batch_size} must be a multiple of the {world} processes")
-
-
-def make_accelerator(cfg):
-    """The Accelerator of a trainer; several processes without GPUs become gloo DDP on CPUs.
-
-    ``accelerate launch --multi_gpu`` and ``torchrun`` set ``WORLD_SIZE``, but without a GPU
-    accelerate 1.x only joins the processes when ``Accelerator(cpu=True)``; otherwise every process
-    trains alone as rank 0 of 1 (the same batches, so their weights even agree, but nothing syncs).
-    """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator
-    # find_unused_parameters: a step whose objects all drop the NeuS leaves the condition embedding
-    # and the geometry-aware attention without gradients
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def build_lr_scheduler(optimizer, cfg):
-    """Linear warm-up over ``cfg.lr_warmup_steps``, then constant or cosine decay to 0 at ``cfg.max_train_steps``."""
-    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
-    if cfg.lr_scheduler == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
-    return get_constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
-
-
-def reduce_mean(accelerator, values: Dict[str, float]) -> Dict[str, float]:
-    """The mean of each value over the processes (one all-reduce; the values themselves on one process)."""
-    if accelerator.num_processes == 1:
-        return dict(values)
-    mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), "mean")
-    return dict(zip(values, mean.tolist()))
-
-
-# ----------------------------------------------------------------------------------------------
 # Validation grids
 # ----------------------------------------------------------------------------------------------
 
@@ -159,8 +108,9 @@ def save_grid(images: torch.Tensor, path: str, ncol: int, upscale: int = 4) -> N
 
 
 def add_trainer_parser(subparsers, command: str, help: str, description: str, config_class: Type,
-                       run_from_args: Callable) -> None:
-    """Register a trainer's sub-command: its flags are ``config_class``'s fields (with ``--config``, ``--dry-run``)."""
+                       main: Callable) -> None:
+    """Register a trainer's sub-command: its flags are ``config_class``'s fields (with ``--config``,
+    ``--dry-run``); it runs ``main(settings)`` (:func:`run_trainer`)."""
     import argparse
 
     parser = subparsers.add_parser(
@@ -170,7 +120,7 @@ def add_trainer_parser(subparsers, command: str, help: str, description: str, co
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, config_class)
-    parser.set_defaults(func=run_from_args)
+    parser.set_defaults(func=lambda args: run_trainer(command, config_class, main, args))
 
 
 def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
@@ -196,10 +146,11 @@ def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
     return 0
 
 
-def script_main(command: str, prog: str, add_parser: Callable, run_from_args: Callable) -> int:
+def script_main(command: str, prog: str, add_parser: Callable) -> int:
     """``python -m diffusers_mv3d.training.<trainer> FLAGS``: the sub-command without the ``diffusers-mv3d`` CLI."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=prog)
     add_parser(parser.add_subparsers(dest="command"))
-    return run_from_args(parser.parse_args([command, *sys.argv[1:]]))
+    args = parser.parse_args([command, *sys.argv[1:]])
+    return args.func(args)

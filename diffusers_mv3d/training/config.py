@@ -38,20 +38,24 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import textwrap
 import typing
+import warnings
 from typing import Any, Dict, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
 __all__ = [
     "add_dataclass_arguments",
+    "command_line",
     "config_from_args",
     "config_to_dict",
     "config_to_yaml",
     "field_docs",
     "flag_name",
     "load_config_file",
+    "renamed_setting",
     "resolve_or_exit",
     "save_config",
 ]
@@ -266,6 +270,7 @@ def config_from_args(cls: Type[T], args: argparse.Namespace) -> T:
     config_path = getattr(args, "config", None)
     if config_path:
         for key, value in load_config_file(config_path).items():
+            key = renamed_setting(cls, key, f"--config {config_path}")
             if key not in names:
                 raise ValueError(f"--config {config_path}: unknown setting {key!r} (no flag {flag_name(key)})")
             values[key] = _coerce(cls, key, value)
@@ -274,6 +279,17 @@ def config_from_args(cls: Type[T], args: argparse.Namespace) -> T:
             value = getattr(args, name)
             values[name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def renamed_setting(cls: type, name: str, where: str) -> str:
+    """The current name of setting ``name`` (``cls.renamed_settings`` maps old names to new ones), with a
+    warning naming both when it was renamed; ``where`` says what used the old name."""
+    new = getattr(cls, "renamed_settings", {}).get(name)
+    if new is None:
+        return name
+    warnings.warn(f"{where}: setting {name!r} was renamed {new!r} (flag {flag_name(new)}); read as {new!r}",
+                  FutureWarning)
+    return new
 
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
@@ -312,3 +328,26 @@ def resolve_or_exit(cls: Type[T], args: argparse.Namespace) -> Optional[T]:
         print(config_to_yaml(cfg), end="")
         return None
     return cfg
+
+
+def command_line(program: str, cfg: Any) -> str:
+    """``program`` followed by a flag for every field of ``cfg`` that differs from its default.
+
+    Running the returned string gives the same resolved settings as ``cfg`` (no ``--config`` file
+    needed), e.g. ``diffusers-mv3d train --max-train-steps 3 --no-push-to-hub``.
+    """
+    defaults = type(cfg)()
+    words = shlex.split(program)
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        if value == default:
+            continue
+        flag = flag_name(f.name)
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (tuple, list)):
+            words.append(flag)
+            words.extend(str(v) for v in value)
+        else:
+            words.extend([flag, "none" if value is None else str(value)])
+    return shlex.join(words)

@@ -31,8 +31,9 @@ Launch (the data comes from ``diffusers-mv3d render``, the foundation from ``tra
 
 Outputs under ``--output-dir``: ``model/`` (a pipeline folder: the trained ``unet/``, the
 foundation's other components and ``model_index.json`` copied, ``baseline.json`` with the kind and
-the training views, a README.md model card; rewritten at every checkpoint; :func:`load_baseline`
-and :func:`sample_views` load and sample it, ``diffusers-mv3d evaluate --finetune-model /
+the training views, a README.md model card; rewritten at every checkpoint;
+:func:`diffusers_mv3d.foundation.load_baseline` and :func:`diffusers_mv3d.sampling.sample_views` load and
+sample it, ``diffusers-mv3d evaluate --finetune-model /
 --mvdream-model`` score it), ``checkpoints/checkpoint-NNNNNN/`` (safetensors + JSON),
 ``samples/step-NNNNNN.png`` (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
@@ -41,60 +42,43 @@ import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..models.multiview_self_attention import (
-    camera_conditioned_unet,
-    camera_embedding,
-    has_multiview_self_attention,
-    set_multiview_self_attention,
-)
+from ..foundation import BASELINE_FILE, Foundation, predicted_x0, prediction_target, unet_on_views
+from ..hub import losses_from_log, write_model_card
+from ..io_utils import atomic_write_folder
+from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
-from .checkpointing import check_architecture, resolve_resume, write_atomically
-from .common import (
-    add_trainer_parser,
-    check_batch_size,
-    final_step,
-    make_accelerator,
-    run_trainer,
-    script_main,
-    step_loader,
-)
-from .config import config_to_dict
-from .loop import (
-    check_common_settings,
-    check_log_and_hub_settings,
-    check_optimisation_settings,
+from ..sampling import sample_views
+from .checkpointing import check_architecture, resolve_resume
+from .common import add_trainer_parser, script_main
+from .config import command_line
+from .runner import (
+    StepHooks,
+    batch_stream,
     finish_run,
+    load_foundation_for,
     load_multiview_dataset,
     prepare_training,
     run_paths,
-    setting_check,
+    start_run,
     train_loop,
-    write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
-from .train_tunemv3d import Foundation, load_foundation, load_foundation_for
+from .settings import FoundationTuningSettings, setting_check
 
 __all__ = [
-    "BASELINE_FILE",
     "KINDS",
     "BaselineTrainConfig",
     "add_parser",
     "baseline_losses",
-    "baseline_prediction",
     "build_unet",
-    "load_baseline",
     "main",
-    "sample_views",
 ]
 
 KINDS = ("finetune", "mvdream")
-BASELINE_FILE = "baseline.json"
-"""In a baseline's ``model/`` folder: ``{"kind", "num_views", "base_model"}``."""
 LOSS_KEYS = ("loss",)
 
 
@@ -104,108 +88,30 @@ LOSS_KEYS = ("loss",)
 
 
 @dataclass
-class BaselineTrainConfig:
-    """Every setting of ``diffusers-mv3d train-baseline`` (flags are the field names with dashes)."""
+class BaselineTrainConfig(FoundationTuningSettings):
+    """Every setting of ``diffusers-mv3d train-baseline`` (flags are the field names with dashes): the
+    run's (:class:`FoundationTuningSettings`), then these."""
 
+    architecture_settings: ClassVar[tuple] = ("kind", "pretrained_model")
+
+    output_dir: str = "runs/baseline-finetune-tiny"
+    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate of the UNet."""
     kind: str = "finetune"
     """finetune (all UNet weights, views independent) or mvdream (the same + self-attention over all views of an object + camera embedding)."""
 
-    # foundation, data and outputs
-    pretrained_model: str = "runs/foundation-tiny/pipeline"
-    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
-    data_dir: str = "data/objects3d"
-    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
-    output_dir: str = "runs/baseline-finetune-tiny"
-    """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
-    resolution: int = 32
-    """Views are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
-    num_input_views: int = 8
-    """Views an object a step (the fixed input views of the data); mvdream attends over all of them at once."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the training process)."""
-
-    # optimisation
-    max_train_steps: int = 20000
-    """Optimizer steps of the whole run (the schedule spans these)."""
-    batch_size: int = 2
-    """Global batch in objects an optimizer step (num_input_views images each), split evenly across processes."""
-    learning_rate: float = 1e-4
-    """Peak AdamW learning rate of the UNet."""
-    lr_scheduler: str = "constant"
-    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
-    lr_warmup_steps: int = 100
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
-    seed: int = 0
-    """Seeds the camera MLP (mvdream) and, with the step number, each step's batch order, caption dropout, timesteps and noise."""
-    mixed_precision: str = "no"
-    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
-    caption_dropout: float = 0.1
-    """Fraction of objects whose caption is replaced by "" (classifier-free guidance)."""
-
-    # checkpoints, validation, stopping, Hub
-    checkpointing_steps: int = 250
-    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
-    checkpoints_total_limit: int = 3
-    """Keep only the newest this many checkpoints (0 keeps all)."""
-    resume: Optional[str] = None
-    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
-    stop_at_step: int = 0
-    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
-    max_minutes: float = 0.0
-    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
-    validation_steps: int = 500
-    """Save a view grid of a validation object every this many steps and at the end (0 = never)."""
-    validation_timesteps: Tuple[int, ...] = (250, 750)
-    """Noise levels of the validation grid: per t, rows of noisy views and the one-step x0 prediction."""
-    validation_inference_steps: int = 10
-    """DDIM steps of the grid's second row, views sampled from the validation caption (0 = no such row)."""
-    validation_guidance_scale: float = 3.0
-    """Classifier-free guidance scale of the sampled row."""
-    log_every: int = 10
-    """Append the loss, lr, samples/s and peak RSS to log.jsonl every this many steps."""
-    push_to_hub: bool = False
-    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
-    hub_model_id: Optional[str] = None
-    """Hub repository (owner/name) of --push-to-hub."""
-    hub_private: bool = False
-    """Create the Hub repository private."""
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         check = setting_check(self)
-
-        self.validation_timesteps = tuple(self.validation_timesteps)
         check(self.kind in KINDS, "kind", "must be finetune or mvdream")
-        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.resolution > 0, "resolution", "must be > 0")
         check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
               "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check_optimisation_settings(self, check)
-        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
-        check_common_settings(self, check)
-        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
-              "validation_timesteps", "must be one or more timesteps >= 0")
-        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
-        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
-        check_log_and_hub_settings(self, check)
 
     @property
     def num_supervision_views(self) -> int:
         """The baselines train on the input views only (read by :func:`load_multiview_dataset`)."""
         return 0
-
-    def architecture(self) -> Dict[str, object]:
-        """The settings that fix the weights' shapes (a resumed run must keep them)."""
-        return {name: config_to_dict(self)[name] for name in ("kind", "pretrained_model")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,40 +128,6 @@ def build_unet(foundation_unet, cfg: BaselineTrainConfig):
     unet = camera_conditioned_unet(foundation_unet)
     set_multiview_self_attention(unet, cfg.num_input_views)
     return unet
-
-
-def baseline_prediction(unet, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                        cameras: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The UNet on folded views: ``noisy_views [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``,
-    ``cameras`` ``[B, V, 16]`` camera embeddings (mvdream) or None -> ``[B, V, C, h, w]`` (a learned
-    variance dropped). ``unet`` may be DDP-wrapped."""
-    views, channels = noisy_views.shape[1:3]
-    out = unet(
-        fold_views(noisy_views),  # (B V) C h w
-        fold_views(timesteps),
-        encoder_hidden_states=text.repeat_interleave(views, dim=0),
-        class_labels=None if cameras is None else fold_views(cameras),  # (B V) 16
-    ).sample[:, :channels]
-    return unfold_views(out, views)
-
-
-def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet predicts (folded ``[N, C, h, w]``, ``t [N]``): epsilon, v or x0."""
-    if scheduler.config.prediction_type == "epsilon":
-        return noise
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return x0
-
-
-def _predicted_x0(scheduler, x_t: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0 from one prediction (folded ``[N, C, h, w]``, ``t [N]``)."""
-    abar = scheduler.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
-    if scheduler.config.prediction_type == "epsilon":
-        return (x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()
-    if scheduler.config.prediction_type == "v_prediction":
-        return abar.sqrt() * x_t - (1 - abar).sqrt() * prediction
-    return prediction
 
 
 def step_draws(generator: torch.Generator, batch: int, views: int, channels: int, size: int, num_timesteps: int,
@@ -296,89 +168,10 @@ def baseline_losses(unet, parts: Foundation, batch: Dict, cfg: BaselineTrainConf
     cameras = camera_embedding(batch["cameras"].to(device)) if cfg.kind == "mvdream" else None  # B V 16
 
     # 2. the trained UNet against its target
-    prediction = baseline_prediction(unet, x_t, t, text, cameras)
-    target = unfold_views(_target(scheduler, fold_views(x0), fold_views(noise), fold_views(t)), v)
+    prediction = unet_on_views(unet, x_t, t, text, cameras)
+    target = unfold_views(prediction_target(scheduler, fold_views(x0), fold_views(noise), fold_views(t)), v)
     loss = F.mse_loss(prediction.float(), target.float())
     return loss, {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading and sampling a baseline folder
-# ----------------------------------------------------------------------------------------------
-
-
-def load_baseline(folder: str, device: torch.device = torch.device("cpu"), kind: Optional[str] = None,
-                  flag: str = "--model") -> Foundation:
-    """A ``train-baseline`` model folder as a :class:`Foundation` (every part frozen, in eval mode),
-    with the self-attention over views installed for an mvdream UNet.
-
-    ``kind`` (finetune / mvdream), when given, must be the folder's; errors name ``flag``.
-    """
-    info_path = Path(folder) / BASELINE_FILE
-    if not info_path.is_file():
-        raise ValueError(f"{flag} {folder!r} is not a train-baseline model folder (no {BASELINE_FILE}; "
-                         "train one with `diffusers-mv3d train-baseline` and pass its model/ folder)")
-    info = json.loads(info_path.read_text())
-    if kind is not None and info["kind"] != kind:
-        raise ValueError(f"{flag} {folder!r} holds a {info['kind']} baseline, not {kind}")
-    parts = load_foundation(folder, device)
-    if info["kind"] == "mvdream":
-        set_multiview_self_attention(parts.unet, info["num_views"])
-    return parts
-
-
-@torch.no_grad()
-def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=None, num_inference_steps: int = 50,
-                 guidance_scale: float = 3.0, generator: Optional[torch.Generator] = None,
-                 eta: float = 0.0) -> torch.Tensor:
-    """``num_views`` views of one object of ``prompt`` -> ``[V, 3, H, W]`` in [0, 1] on the CPU.
-
-    DDIM (``eta``: 0 deterministic, 1 as stochastic as DDPM) from the folder's noise schedule, classifier-free guidance against ``""``, all views
-    in one batch, and :class:`TuneMV3DPipeline`'s initial noise (``randn [1, V, C, h, w]`` from
-    ``generator``), so the same seed starts from the same noise. ``cameras`` (``Cameras [V]``, default
-    :func:`default_cameras`) condition a camera-conditioned (mvdream) UNet; one with self-attention
-    over views is set to ``num_views`` views. ``parts`` is :func:`load_baseline`'s (or any
-    :class:`Foundation`: the foundation's UNet samples its views independently).
-    """
-    from diffusers import DDIMScheduler
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from ..cameras import default_cameras
-
-    unet = parts.unet
-    device, dtype = unet.device, unet.dtype
-    size, channels = unet.config.sample_size, unet.config.in_channels
-    do_cfg = guidance_scale > 1.0
-
-    # 1. cameras (MVDream's condition) and the views the self-attention spans
-    cameras = default_cameras(num_views, size * parts.vae_scale_factor) if cameras is None else cameras
-    if len(cameras) != num_views:
-        raise ValueError(f"cameras must be Cameras of batch shape [num_views={num_views}], got {len(cameras)}")
-    labels = None
-    if unet.config.class_embed_type == "projection":
-        labels = camera_embedding(cameras.to(device))[None].expand(2 if do_cfg else 1, -1, -1).to(dtype)  # (2) V 16
-    if has_multiview_self_attention(unet):
-        set_multiview_self_attention(unet, num_views)
-
-    # 2. text (negative first), DDIM timesteps, initial noise
-    text = parts.encode_text(["", prompt] if do_cfg else [prompt]).to(device, dtype)  # (2) L D
-    config = {k: v for k, v in dict(parts.noise_scheduler.config).items() if k != "variance_type"}
-    scheduler = DDIMScheduler.from_config(config)
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    x = randn_tensor((1, num_views, channels, size, size), generator=generator, device=device, dtype=dtype)
-    x = x * scheduler.init_noise_sigma  # 1 V C h w
-
-    # 3. denoising loop: every view in one batch, guidance on the text
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
-        doubled = torch.cat([model_input] * 2) if do_cfg else model_input  # (2) V C h w
-        noise = baseline_prediction(unet, doubled, torch.full(doubled.shape[:2], int(t), device=device), text, labels)
-        if do_cfg:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + guidance_scale * (cond - uncond)
-        x = scheduler.step(fold_views(noise), t, fold_views(x), eta=eta, generator=generator).prev_sample  # V C h w
-        x = unfold_views(x, num_views)
-    return ((parts.to_images(x[0]).float() + 1) / 2).cpu()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +180,8 @@ def sample_views(parts: Foundation, prompt: str, num_views: int = 8, cameras=Non
 
 USAGE = """
 import torch
-from diffusers_mv3d.training.train_baseline import load_baseline, sample_views
+from diffusers_mv3d.foundation import load_baseline
+from diffusers_mv3d.sampling import sample_views
 
 baseline = load_baseline("PATH")
 views = sample_views(baseline, "a red chair with armrests", num_views=8, num_inference_steps=50,
@@ -434,7 +228,7 @@ def save_model_folder(folder: Path, unet, cfg: BaselineTrainConfig, step: int, l
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 @torch.no_grad()
@@ -463,8 +257,8 @@ def validation_grid(parts: Foundation, item: Dict, cfg: BaselineTrainConfig,
             t = torch.full((1, v), min(t_value, scheduler.config.num_train_timesteps - 1), device=device)
             noise = torch.randn(clean.shape, generator=generator).to(device)
             x_t = scheduler.add_noise(fold_views(clean), fold_views(noise), fold_views(t))  # V C h w
-            prediction = baseline_prediction(unet, x_t[None], t, text, cameras)
-            x0 = _predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
+            prediction = unet_on_views(unet, x_t[None], t, text, cameras)
+            x0 = predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
             rows += [parts.to_images(x_t), parts.to_images(x0)]
             metrics[f"val_x0_mse_t{int(t[0, 0])}"] = F.mse_loss(x0, clean[0]).item()
     finally:
@@ -484,9 +278,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     from ..data.dataset import collate_multiview
 
     # 1. Processes, folders, data, the foundation
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -512,9 +304,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     parts = replace(foundation, unet=raw)  # the frozen text encoder (VAE, schedule) with the trained UNet
     del foundation  # (mvdream: frees the foundation's own UNet)
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw, cfg, step, log_path)
@@ -523,12 +313,12 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
         return validation_grid(parts, dataset[0], cfg, device)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    result = train_loop(
-        cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-        start_step, end_step,
+    hooks = StepHooks(
         compute_losses=lambda batch, generator: baseline_losses(model, parts, batch, cfg, generator, device),
-        save_model=save_model, validate=validate,
+        save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
+    result = train_loop(cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler,
+                        loader, start_step, end_step, hooks)
     return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
 
 
@@ -542,15 +332,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train-baseline",
         help="train a baseline on the multi-view data: a fully fine-tuned UNet (finetune) or MVDream-style (mvdream)",
-        description=__doc__, config_class=BaselineTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=BaselineTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train-baseline", BaselineTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-baseline", "train_baseline", add_parser, run_from_args))
+    sys.exit(script_main("train-baseline", "train_baseline", add_parser))

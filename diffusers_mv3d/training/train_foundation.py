@@ -25,58 +25,49 @@ JSON, no pickle), ``samples/step-NNNNNN.png`` (validation grids), ``log.jsonl`` 
 What the UNet predicts: 6 channels, as IF's stage I: epsilon (channels 0-2) and the interpolation
 ``v`` between the smallest and largest reverse-step log-variance (channels 3-5, the scheduler's
 ``variance_type="learned_range"``), trained with the improved-DDPM hybrid loss
-``||eps - eps_theta||^2 + vlb_weight * T * L_vlb`` (the VLB term sees epsilon through a stop-gradient).
+``||eps - eps_theta||^2 + vlb_weight * T * L_vlb`` (the VLB term sees epsilon through a stop-gradient;
+:mod:`.diffusion_loss`). The UNet, its schedule and the folder are :mod:`.foundation_model`'s; the
+step loop, checkpoints and summary the runner's (:mod:`.runner`), with the EMA as its hooks.
 IFPipeline only works with such a UNet: with 3 output channels its ``noise_pred.split(3, dim=1)``
 returns a single chunk and the unpacking into ``(noise, variance)`` fails. Samplers that need only
-epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`sample_ddim` does.
+epsilon (DDIM, DPM-Solver) use channels 0-2, as :func:`diffusers_mv3d.sampling.sample_ddim` does.
 """
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpointing import (
-    STATE_FILE,
-    append_log,
-    check_architecture,
-    latest_checkpoint,
-    optimizer_state_from_files,
-    optimizer_state_to_files,
-    peak_rss_mb,
-    prune_checkpoints,
-    resolve_resume,
-    write_atomically,
-)
-from .common import (
-    add_trainer_parser,
-    check_batch_size,
-    final_step,
-    global_batch_indices,  # re-exported: the batch stream this trainer documents
-    save_grid,
-    script_main,
-    step_generator,
-    step_loader,
-)
-from .config import config_to_dict, flag_name, resolve_or_exit, save_config
+from ..sampling import sample_ddim
+from ..threads import torch_threads
+from .checkpointing import check_architecture, resolve_resume
+from .common import add_trainer_parser, script_main
+from .config import flag_name
 from .diffusion_loss import DiffusionTerms, diffusion_loss
-from .text import build_text_encoder, encode_prompts, train_word_tokenizer
+from .foundation_model import (
+    FoundationModel,
+    build_noise_scheduler,
+    build_unet,
+    ema_checkpoint_extras,
+    load_ema,
+    load_foundation_weights,
+    save_pipeline,
+)
+from .runner import (
+    StepHooks,
+    batch_stream,
+    finish_run,
+    prepare_training,
+    start_run,
+    train_loop,
+)
+from .settings import RunSettings, setting_check
+from .text import build_text_encoder, train_word_tokenizer
 
-__all__ = [
-    "FoundationTrainConfig",
-    "add_parser",
-    "build_noise_scheduler",
-    "build_unet",
-    "diffusion_loss",
-    "latest_checkpoint",
-    "load_pipeline",
-    "main",
-    "sample_ddim",
-]
+__all__ = ["FoundationTrainConfig", "add_parser", "build_unet", "main", "validation_samples"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,44 +76,33 @@ __all__ = [
 
 
 @dataclass
-class FoundationTrainConfig:
-    """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes)."""
+class FoundationTrainConfig(RunSettings):
+    """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes): the
+    run's (:class:`RunSettings`), then these."""
 
-    # data and outputs
+    model_folder: ClassVar[str] = "pipeline"
+    architecture_settings: ClassVar[tuple] = (
+        "resolution", "num_train_timesteps", "block_out_channels", "layers_per_block", "attention_from_level",
+        "attention_heads", "norm_num_groups", "text_hidden_size", "text_layers", "text_heads")
+
     data_dir: str = "data/foundation2d"
     """Image-text folder (metadata.jsonl + images/) written by `diffusers-mv3d render --split foundation2d`."""
     output_dir: str = "runs/foundation-tiny"
     """Where pipeline/, checkpoints/, samples/, log.jsonl and config.yaml go."""
-    resolution: int = 32
-    """Training images are resized to this square size (pixels); also the UNet's sample_size."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the training process)."""
-    num_threads: int = 0
-    """torch.set_num_threads per process; 0 keeps torch's default (all cores). On a busy shared machine 1 can be several times faster than an oversubscribed 2."""
-
-    # optimisation
-    max_train_steps: int = 20000
-    """Optimizer steps of the whole run (the cosine schedule spans these)."""
     batch_size: int = 64
     """Global batch (images per optimizer step, split evenly across processes)."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate (UNet and text encoder)."""
     lr_warmup_steps: int = 200
     """Linear warm-up steps before the cosine decay to 0."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
+    num_threads: int = 0
+    """torch.set_num_threads per process; 0 keeps torch's default (all cores). On a busy shared machine 1 can be several times faster than an oversubscribed 2."""
     caption_dropout: float = 0.1
     """Fraction of captions replaced by "" (learns the unconditional model for classifier-free guidance)."""
     ema_decay: float = 0.9999
     """Upper bound of the EMA decay (diffusers EMAModel with warm-up)."""
     ema_power: float = 0.75
     """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
-    seed: int = 0
-    """Seeds the initial weights and, with the step number, each step's batch order, caption dropout, timesteps and noise."""
-    mixed_precision: str = "no"
-    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
 
     # diffusion
     num_train_timesteps: int = 1000
@@ -160,19 +140,7 @@ class FoundationTrainConfig:
     text_heads: int = 2
     """CLIPTextModel attention heads."""
 
-    # checkpoints, validation, stopping
-    checkpointing_steps: int = 250
-    """Write a checkpoint (and refresh pipeline/) every this many steps, and at the end."""
-    checkpoints_total_limit: int = 3
-    """Keep only the newest this many checkpoints (0 keeps all)."""
-    resume: Optional[str] = None
-    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
-    stop_at_step: int = 0
-    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
-    max_minutes: float = 0.0
-    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
-    validation_steps: int = 500
-    """Save a sample grid every this many steps and at the end (0 = never)."""
+    # validation
     validation_prompts: Tuple[str, ...] = ()
     """Prompts of the sample grid; empty = 8 captions spread over the training captions."""
     validation_images_per_prompt: int = 2
@@ -181,32 +149,17 @@ class FoundationTrainConfig:
     """DDIM steps of the validation samples."""
     validation_guidance_scale: float = 3.0
     """Classifier-free guidance scale of the validation samples."""
-    log_every: int = 10
-    """Append loss, lr, samples/s, peak RSS and process CPU seconds to log.jsonl every this many steps."""
 
     def __post_init__(self) -> None:
-        def check(ok: bool, field: str, requirement: str) -> None:
-            if not ok:
-                raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
-
+        super().__post_init__()
+        check = setting_check(self)
         self.block_out_channels = tuple(self.block_out_channels)
         self.validation_prompts = tuple(self.validation_prompts)
         levels = len(self.block_out_channels)
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.num_threads >= 0, "num_threads", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
         check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
         check(self.ema_power > 0, "ema_power", "must be > 0")
-        check(self.seed >= 0, "seed", "must be >= 0")
-        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         check(self.num_train_timesteps >= 2, "num_train_timesteps", "must be >= 2")
         check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
         check(not self.zero_terminal_snr or self.prediction_type == "v_prediction", "zero_terminal_snr",
@@ -236,76 +189,18 @@ class FoundationTrainConfig:
         check(self.text_layers >= 1, "text_layers", "must be >= 1")
         check(self.text_heads >= 1 and self.text_hidden_size % self.text_heads == 0, "text_heads",
               f"must divide {flag_name('text_hidden_size')} {self.text_hidden_size}")
-        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
-        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
-        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
-        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
-        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
-        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
         check(self.validation_images_per_prompt >= 1, "validation_images_per_prompt", "must be >= 1")
         check(self.validation_inference_steps >= 1, "validation_inference_steps", "must be >= 1")
         check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
-        check(self.log_every >= 1, "log_every", "must be >= 1")
 
-    def architecture(self) -> Dict[str, object]:
-        """The settings that fix the weights' shapes (a resumed run must keep them)."""
-        names = ("resolution", "num_train_timesteps", "block_out_channels", "layers_per_block", "attention_from_level",
-                 "attention_heads", "norm_num_groups", "text_hidden_size", "text_layers", "text_heads")
-        return {name: config_to_dict(self)[name] for name in names}
+    @property
+    def lr_scheduler(self) -> str:
+        """The foundation's schedule: cosine decay to 0 at max_train_steps after the warm-up."""
+        return "cosine"
 
 
 # ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
-
-
-def build_unet(cfg: FoundationTrainConfig):
-    """The pixel-space UNet: 3 channels in, 6 out (epsilon + learned-variance interpolation, as IF)."""
-    from diffusers import UNet2DConditionModel
-
-    levels = len(cfg.block_out_channels)
-    has_attention = [level >= cfg.attention_from_level for level in range(levels)]
-    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attention)
-    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attention))
-    return UNet2DConditionModel(
-        sample_size=cfg.resolution,
-        in_channels=3,
-        out_channels=6,
-        block_out_channels=cfg.block_out_channels,
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=down,
-        up_block_types=up,
-        mid_block_type="UNetMidBlock2DCrossAttn",
-        attention_head_dim=cfg.attention_heads,  # diffusers uses this as the number of heads
-        cross_attention_dim=cfg.text_hidden_size,
-        norm_num_groups=cfg.norm_num_groups,
-    )
-
-
-def build_noise_scheduler(cfg: FoundationTrainConfig):
-    """The DDPM scheduler saved with the pipeline (IF's choice: DDPM with the learned variance)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type=cfg.prediction_type,
-        variance_type="learned_range" if cfg.vlb_weight > 0 else "fixed_small",
-        clip_sample=True,
-        clip_sample_range=1.0,
-        rescale_betas_zero_snr=cfg.zero_terminal_snr,
-        # zero terminal SNR: samplers must start at t = T - 1, the pure-noise step ("trailing", Lin et
-        # al. 2024). Otherwise "leading" (IF's and diffusers' default): with "trailing" the last DDPM
-        # step is t > 0 with t_prev = -1, where diffusers' learned_range floor log(1e-20) meets a v
-        # slightly above 1 and adds noise of enormous variance (speckled samples), and deterministic
-        # samplers start at t = 999, where the capped cosine schedule's x_0 estimate is noise
-        timestep_spacing="trailing" if cfg.zero_terminal_snr else "leading",
-    )
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: a reproducible stream of batches, a function of (seed, step) only
+# Data
 # ----------------------------------------------------------------------------------------------
 
 
@@ -324,166 +219,6 @@ def collate(items: Sequence[dict]) -> dict:
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),  # (B, 3, H, W) in [-1, 1]
         "caption": [item["caption"] for item in items],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling (what the validation grid uses; also the reference loop for an IF-style UNet)
-# ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def sample_ddim(
-    unet,
-    text_encoder,
-    tokenizer,
-    prompts: Sequence[str],
-    scheduler_config: dict,
-    num_inference_steps: int = 50,
-    guidance_scale: float = 3.0,
-    generator: Optional[torch.Generator] = None,
-    eta: float = 0.0,
-) -> torch.Tensor:
-    """DDIM with classifier-free guidance; returns images [N, 3, H, W] in [-1, 1].
-
-    Uses channels 0-2 (epsilon or v, as the scheduler config says) of the UNet output; the learned
-    variance is not needed by DDIM. ``eta`` is DDIM's stochasticity (0: deterministic; its noise comes
-    from ``generator`` too).
-    """
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(
-        {k: v for k, v in dict(scheduler_config).items() if k != "variance_type"}
-    )
-    device = next(unet.parameters()).device
-    channels, size = unet.config.in_channels, unet.config.sample_size
-    cond = encode_prompts(tokenizer, text_encoder, prompts)  # (N, 77, D)
-    do_cfg = guidance_scale > 1.0
-    if do_cfg:
-        uncond = encode_prompts(tokenizer, text_encoder, [""] * len(prompts))
-        cond = torch.cat([uncond, cond])  # (2N, 77, D)
-    x = torch.randn((len(prompts), channels, size, size), generator=generator).to(device)
-    x = x * scheduler.init_noise_sigma
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    for t in scheduler.timesteps:
-        model_in = torch.cat([x, x]) if do_cfg else x
-        prediction = unet(model_in, t, encoder_hidden_states=cond).sample[:, :channels]
-        if do_cfg:
-            pred_uncond, pred_text = prediction.chunk(2)
-            prediction = pred_uncond + guidance_scale * (pred_text - pred_uncond)
-        x = scheduler.step(prediction, t, x, eta=eta, generator=generator).prev_sample
-    return x.clamp(-1, 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Folders: pipeline and checkpoints, written atomically (temporary folder, then rename)
-# ----------------------------------------------------------------------------------------------
-
-def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) -> None:
-    """Write an ``IFPipeline`` folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/)."""
-    from diffusers import IFPipeline
-
-    pipe = IFPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        scheduler=noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        watermarker=None,
-        requires_safety_checker=False,
-    )
-
-    def write(tmp: Path) -> None:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        # transformers 5 records the fast tokenizer as "TokenizersBackend", a name transformers 4 lacks;
-        # "PreTrainedTokenizerFast" loads in both
-        _rename_tokenizer_class(tmp, "PreTrainedTokenizerFast")
-
-    write_atomically(folder, write)
-
-
-def _rename_tokenizer_class(folder: Path, name: str) -> None:
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["tokenizer"] = ["transformers", name]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    tok_path = folder / "tokenizer" / "tokenizer_config.json"
-    tok_config = json.loads(tok_path.read_text())
-    tok_config["tokenizer_class"] = name
-    tok_path.write_text(json.dumps(tok_config, indent=2) + "\n")
-
-
-def load_pipeline(folder: str, **kwargs):
-    """``IFPipeline.from_pretrained(folder)`` (IF expects T5 and logs a type warning for the CLIP text encoder)."""
-    from diffusers import IFPipeline
-
-    return IFPipeline.from_pretrained(folder, **kwargs)
-
-
-def _named_parameters(unet, text_encoder) -> List[Tuple[str, torch.nn.Parameter]]:
-    """All trained parameters in optimizer order, named ``unet.*`` then ``text_encoder.*``."""
-    return [(f"unet.{n}", p) for n, p in unet.named_parameters()] + [
-        (f"text_encoder.{n}", p) for n, p in text_encoder.named_parameters()
-    ]
-
-
-def save_checkpoint(folder: Path, step: int, unet, text_encoder, tokenizer, ema, optimizer, lr_scheduler,
-                    cfg: FoundationTrainConfig) -> None:
-    """Everything a resume needs, safetensors for tensors and JSON for the rest (no pickle)."""
-    from safetensors.torch import save_file
-
-    def write(tmp: Path) -> None:
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
-        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        names = [name for name, _ in _named_parameters(unet, text_encoder)]
-        ema_state = ema.state_dict()
-        save_file({n: s.detach().cpu().contiguous() for n, s in zip(names, ema_state.pop("shadow_params"))},
-                  str(tmp / "ema.safetensors"))
-        tensors, plain = optimizer_state_to_files(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {
-            "step": step,
-            "optimizer": plain,
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "ema": ema_state,
-            "architecture": cfg.architecture(),
-            "config": config_to_dict(cfg),
-        }
-        # written last: its presence marks a finished checkpoint even without the rename
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-
-    write_atomically(folder, write)
-
-
-def load_training_state(folder: Path, unet, text_encoder, ema, optimizer, lr_scheduler) -> int:
-    """Restore EMA, optimizer and LR schedule from a checkpoint (weights come from its unet/ and
-    text_encoder/ folders); returns the step it was written at."""
-    from safetensors.torch import load_file
-
-    state = json.loads((folder / STATE_FILE).read_text())
-    names = [name for name, _ in _named_parameters(unet, text_encoder)]
-    shadow = load_file(str(folder / "ema.safetensors"))
-    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[n] for n in names]})
-    optimizer.load_state_dict(optimizer_state_from_files(load_file(str(folder / "optimizer.safetensors")),
-                                                         state["optimizer"]))
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    return int(state["step"])
-
-
-def load_foundation_weights(folder: Path):
-    """``(tokenizer, text_encoder, unet)`` from the tokenizer/, text_encoder/ and unet/ subfolders of a
-    checkpoint or pipeline folder (an IFPipeline folder, or a TuneMV3D pipeline's frozen foundation)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
-
-    missing = [name for name in ("tokenizer", "text_encoder", "unet") if not (folder / name).is_dir()]
-    if missing:
-        raise ValueError(f"{folder}: no {', '.join(name + '/' for name in missing)} folder (expected a foundation "
-                         "pipeline or checkpoint folder with tokenizer/, text_encoder/ and unet/)")
-    return (PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer"),
-            CLIPTextModel.from_pretrained(folder / "text_encoder"),
-            UNet2DConditionModel.from_pretrained(folder / "unet"))
 
 
 def check_init_architecture(cfg: FoundationTrainConfig, unet, text_encoder) -> None:
@@ -513,33 +248,19 @@ def _pick_validation_prompts(cfg: FoundationTrainConfig, captions: Sequence[str]
 
 
 def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
-    """Train; returns a summary (final step, last loss, samples/s, peak RSS, output folders)."""
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    """Train (with ``--num-threads`` CPU threads); returns a summary (final step, last loss, samples/s,
+    peak RSS, output folders, weights hash)."""
+    with torch_threads(cfg.num_threads or None):
         return _train(cfg)
-    finally:
-        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
 
 
 def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
-    from accelerate import Accelerator
-    from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     from ..data.dataset import ImageTextDataset
 
     # 1. Processes, folders, data
-    # `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only sets up gloo DDP over
-    # CPU processes when asked for the CPU, otherwise every process trains alone as rank 0
-    several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=several_processes and not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
-    output_dir = Path(cfg.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
+    accelerator = start_run(cfg)
     captions = read_captions(cfg.data_dir)
     dataset = ImageTextDataset(cfg.data_dir, resolution=cfg.resolution)
     captions = [record["text"] for record in getattr(dataset, "records", [])] or captions
@@ -559,28 +280,19 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
         unet = build_unet(cfg)
     noise_scheduler = build_noise_scheduler(cfg)
     terms = DiffusionTerms(noise_scheduler.alphas_cumprod)
-    unet.train()
-    text_encoder.train()
+    raw = FoundationModel(unet, text_encoder, tokenizer).train()
 
     # 3. Optimizer, schedule, EMA (over both models: the saved pipeline pairs EMA UNet and EMA text encoder)
-    params = [p for _, p in _named_parameters(unet, text_encoder)]
+    params = list(raw.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, cfg.max_train_steps)
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
-    start_step = 0
     if resume_from is not None:
-        start_step = load_training_state(resume_from, unet, text_encoder, ema, optimizer, lr_scheduler)
-    # the LR scheduler is stepped by hand once per optimizer step, so accelerate does not wrap it
-    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        load_ema(resume_from, raw, ema)
+    model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, raw, optimizer, resume_from)
     ema.to(accelerator.device)
-    raw_unet, raw_text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate, start_step)
     prompts = _pick_validation_prompts(cfg, captions)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, str(output_dir / "config.yaml"))
 
     def with_ema_weights(fn):
         ema.store(params)
@@ -590,47 +302,7 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
         finally:
             ema.restore(params)
 
-    def write_checkpoint(step: int) -> None:
-        if accelerator.is_main_process:
-            # the pipeline first: a checkpoint marks step ``step`` done, so a kill between the two writes
-            # makes the rerun redo the steps and rewrite the pipeline (never a stale one beside a finished run)
-            with_ema_weights(lambda: save_pipeline(output_dir / "pipeline", raw_unet, raw_text_encoder, tokenizer,
-                                                   noise_scheduler))
-            save_checkpoint(checkpoint_dir / f"checkpoint-{step:06d}", step, raw_unet, raw_text_encoder, tokenizer,
-                            ema, optimizer, lr_scheduler, cfg)
-            prune_checkpoints(checkpoint_dir, cfg.checkpoints_total_limit)
-        accelerator.wait_for_everyone()
-
-    def write_samples(step: int) -> None:
-        if accelerator.is_main_process:
-            def sample():
-                raw_unet.eval()
-                try:
-                    return sample_ddim(raw_unet, raw_text_encoder, tokenizer,
-                                       [p for p in prompts for _ in range(cfg.validation_images_per_prompt)],
-                                       noise_scheduler.config, cfg.validation_inference_steps,
-                                       cfg.validation_guidance_scale, torch.Generator().manual_seed(cfg.seed))
-                finally:
-                    raw_unet.train()
-
-            images = with_ema_weights(sample)  # (P * k, 3, H, W), prompt-major
-            (output_dir / "samples").mkdir(parents=True, exist_ok=True)
-            # one column per prompt, one row per seed
-            images = images.view(len(prompts), cfg.validation_images_per_prompt, *images.shape[1:]).transpose(0, 1)
-            save_grid(images.reshape(-1, *images.shape[2:]), str(output_dir / "samples" / f"step-{step:06d}.png"),
-                      ncol=len(prompts))
-            (output_dir / "samples" / "prompts.txt").write_text("\n".join(prompts) + "\n")
-        accelerator.wait_for_everyone()
-
-    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,
-                    desc="train-foundation")
-    log_path = output_dir / "log.jsonl"
-    started = time.time()
-    window_start, window_steps = time.time(), 0
-    samples_per_s, last_loss, step = 0.0, float("nan"), start_step
-    for step, batch in zip(range(start_step, end_step), loader):
-        generator = step_generator(cfg.seed, step, rank)
+    def compute_losses(batch: Dict, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, float]]:
         x0 = batch["pixel_values"].to(accelerator.device)  # (b, 3, H, W) in [-1, 1]
         drop = torch.rand(len(batch["caption"]), generator=generator) < cfg.caption_dropout
         captions_in = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"])]
@@ -638,64 +310,45 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
         noise = torch.randn(x0.shape, generator=generator)
         if cfg.noise_offset:
             noise = noise + cfg.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=generator)
-        noise = noise.to(accelerator.device)
-        t = t.to(accelerator.device)
+        noise, t = noise.to(accelerator.device), t.to(accelerator.device)
         x_t = noise_scheduler.add_noise(x0, noise, t)  # sqrt(abar) x0 + sqrt(1 - abar) eps
+        model_output = model(x_t, t, captions_in)  # (b, 6, H, W)
+        return diffusion_loss(model_output, noise, x0, x_t, t, terms, cfg.vlb_weight, cfg.prediction_type,
+                              cfg.snr_gamma)
 
-        with accelerator.autocast():
-            text_embeddings = encode_prompts(tokenizer, text_encoder, captions_in)  # (b, 77, D)
-            model_output = unet(x_t, t, encoder_hidden_states=text_embeddings).sample  # (b, 6, H, W)
-        loss, parts = diffusion_loss(model_output, noise, x0, x_t, t, terms, cfg.vlb_weight, cfg.prediction_type,
-                                     cfg.snr_gamma)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(params)
+    def save_model(folder: Path, step: int) -> None:
+        with_ema_weights(lambda: save_pipeline(folder, raw.unet, raw.text_encoder, tokenizer, noise_scheduler))
 
-        done = step + 1
-        last_loss = accelerator.reduce(loss.detach(), "mean").item()  # mean over processes
-        window_steps += 1
-        if window_steps == 10 or done == end_step:
-            samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
-            window_start, window_steps = time.time(), 0
-        lr = lr_scheduler.get_last_lr()[0]
-        progress.update(1)
-        progress.set_postfix(loss=f"{last_loss:.4f}", mse=f"{parts['mse']:.4f}", lr=f"{lr:.2e}",
-                             samples_s=f"{samples_per_s:.1f}")
-        if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step):
-            record = {"step": done, "loss": last_loss, **parts, "lr": lr, "grad_norm": float(grad_norm),
-                      "samples_per_s": samples_per_s, "peak_rss_mb": peak_rss_mb(),
-                      "minutes": (time.time() - started) / 60, "cpu_seconds": time.process_time()}
-            append_log(log_path, record)
+    def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, object]]:
+        images = with_ema_weights(lambda: validation_samples(raw, prompts, noise_scheduler.config, cfg))
+        (samples_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
+        return images, {}
 
-        if cfg.max_minutes and (time.time() - started) / 60 >= cfg.max_minutes:
-            accelerator.set_trigger()
-        out_of_time = accelerator.check_trigger()
-        wrote = False
-        if done % cfg.checkpointing_steps == 0 or done == end_step or out_of_time:
-            write_checkpoint(done)
-            wrote = True
-        if cfg.validation_steps and (done % cfg.validation_steps == 0 or done == cfg.max_train_steps):
-            write_samples(done)
-            wrote = True
-        if wrote:  # samples/s measures training steps only
-            window_start, window_steps = time.time(), 0
-        step = done
-        if out_of_time:
-            break
-    progress.close()
-    accelerator.end_training()
-    return {
-        "process_index": rank,
-        "step": step,
-        "loss": last_loss,
-        "samples_per_s": samples_per_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "pipeline": str(output_dir / "pipeline"),
-        "checkpoint": str(latest_checkpoint(checkpoint_dir)),
-    }
+    # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
+    hooks = StepHooks(compute_losses=compute_losses, save_model=save_model, validate=validate,
+                      grid_columns=len(prompts), after_step=lambda: ema.step(params),
+                      checkpoint_extras=ema_checkpoint_extras(raw, ema))
+    models = {"unet": raw.unet, "text_encoder": raw.text_encoder}
+    result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, loader,
+                        start_step, end_step, hooks)
+    return finish_run(accelerator, cfg, result, models)
+
+
+@torch.no_grad()
+def validation_samples(model: FoundationModel, prompts: Sequence[str], scheduler_config: dict,
+                       cfg: FoundationTrainConfig) -> torch.Tensor:
+    """``--validation-images-per-prompt`` DDIM samples of each prompt (fixed seed) -> ``[k P, 3, H, W]``
+    in [-1, 1]: one column a prompt, one row a seed."""
+    model.unet.eval()
+    try:
+        images = sample_ddim(model.unet, model.text_encoder, model.tokenizer,
+                             [p for p in prompts for _ in range(cfg.validation_images_per_prompt)], scheduler_config,
+                             cfg.validation_inference_steps, cfg.validation_guidance_scale,
+                             torch.Generator().manual_seed(cfg.seed))  # (P k, 3, H, W), prompt-major
+    finally:
+        model.unet.train()
+    images = images.view(len(prompts), cfg.validation_images_per_prompt, *images.shape[1:]).transpose(0, 1)
+    return images.reshape(-1, *images.shape[2:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -707,26 +360,11 @@ def add_parser(subparsers) -> None:
     """Register ``train-foundation`` with the ``diffusers-mv3d`` sub-command parser."""
     add_trainer_parser(subparsers, "train-foundation",
                        help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
-                       description=__doc__, config_class=FoundationTrainConfig, run_from_args=run_from_args)
+                       description=__doc__, config_class=FoundationTrainConfig, main=main)
 
-
-def run_from_args(args) -> int:
-    import sys
-
-    try:
-        cfg = resolve_or_exit(FoundationTrainConfig, args)
-    except ValueError as error:
-        print(f"diffusers-mv3d train-foundation: error: {error}", file=sys.stderr)
-        return 2
-    if cfg is None:
-        return 0
-    summary = main(cfg)
-    if summary["process_index"] == 0:
-        print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-foundation", "train_foundation", add_parser, run_from_args))
+    sys.exit(script_main("train-foundation", "train_foundation", add_parser))

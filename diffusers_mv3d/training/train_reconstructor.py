@@ -6,7 +6,8 @@ the same in every view) of all 16 views, supervised by the rendered colours (MSE
 the opacity, ``--mask-loss-weight``) and the eikonal term ``(|grad sdf| - 1)^2`` at
 ``--eikonal-points`` random points in the object cube (``--eikonal-weight``; a double backward, but
 at 256 points a step it costs ~nothing next to the rays: not the ray-sample normals of CPU-FACTS). At
-generation time it turns the generated views into an SDF, and ``extract_mesh`` into the mesh.
+generation time it turns the generated views into an SDF, and :func:`~diffusers_mv3d.mesh.mesh_from_neus` into
+the mesh.
 
 Launch::
 
@@ -25,80 +26,62 @@ and ``step-NNNNNN.glb`` (the validation object's mesh), ``log.jsonl`` and ``conf
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
-from .checkpointing import check_architecture, resolve_resume, write_atomically
-from .common import (
-    add_trainer_parser,
-    check_batch_size,
-    final_step,
-    make_accelerator,
-    run_trainer,
-    script_main,
-    step_loader,
-)
-from .config import config_to_dict
-from .loop import (
-    check_common_settings,
-    check_log_and_hub_settings,
-    check_optimisation_settings,
+from ..hub import losses_from_log, write_model_card
+from ..io_utils import atomic_write_folder
+from ..mesh import mesh_from_neus
+from .branch import NEUS_SETTINGS, NeuSSettings, build_neus
+from .checkpointing import check_architecture, resolve_resume
+from .common import add_trainer_parser, script_main
+from .config import command_line
+from .losses import gather_pixels, render_losses
+from .runner import (
+    StepHooks,
+    batch_stream,
     finish_run,
     load_multiview_dataset,
     prepare_training,
     run_paths,
-    setting_check,
+    start_run,
     train_loop,
-    write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
-from .train_tunemv3d import gather_pixels, render_losses
+from .settings import MultiViewRunSettings, setting_check
 
 __all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
 
 LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
 
 
-@dataclass
-class ReconstructorTrainConfig:
-    """Every setting of ``diffusers-mv3d train-reconstructor`` (flags are the field names with dashes)."""
+RENAMED_NEUS_SETTINGS = {name[len("neus_"):]: name for name in NEUS_SETTINGS}
+"""The reconstructor's NeuS settings before they took the ``neus_`` spelling of ``train`` (issue 15)."""
 
-    # data and outputs
-    data_dir: str = "data/objects3d"
-    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+
+@dataclass
+class ReconstructorTrainConfig(NeuSSettings, MultiViewRunSettings):
+    """Every setting of ``diffusers-mv3d train-reconstructor`` (flags are the field names with dashes):
+    the run's (:class:`MultiViewRunSettings`), the NeuS's (:class:`NeuSSettings`), then these."""
+
+    renamed_settings: ClassVar[Dict[str, str]] = {**RENAMED_NEUS_SETTINGS, "init_radius": "neus_init_radius"}
+    architecture_settings: ClassVar[tuple] = (
+        "neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
+        "neus_num_sdf_layers", "neus_num_color_layers", "neus_num_frequencies", "neus_num_coarse_samples",
+        "neus_num_importance_samples", "neus_init_radius")
+
     output_dir: str = "runs/reconstructor-tiny"
     """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
-    resolution: int = 32
-    """Views are resized to this square size in pixels."""
-    num_input_views: int = 8
-    """Views an object the reconstructor encodes."""
-    num_supervision_views: int = 8
-    """Further views an object that only supervise renders (novel views)."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the training process)."""
-
-    # optimisation
-    max_train_steps: int = 20000
-    """Optimizer steps of the whole run (the schedule spans these)."""
     batch_size: int = 4
     """Global batch in objects an optimizer step, split evenly across processes."""
     learning_rate: float = 1e-3
     """Peak AdamW learning rate."""
     lr_scheduler: str = "cosine"
     """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
-    lr_warmup_steps: int = 100
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
-    seed: int = 0
-    """Seeds the initial weights and, with the step number, each step's batch order, rays and eikonal points."""
-    mixed_precision: str = "no"
-    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs)."""
+    num_supervision_views: int = 8
+    """Further views an object that only supervise renders (novel views)."""
 
     # losses
     rays_per_view: int = 128
@@ -109,112 +92,30 @@ class ReconstructorTrainConfig:
     """Weight of the eikonal term (|grad sdf| - 1)^2 at random points in the object cube (keeps the SDF a distance for meshing); 0 skips it."""
     eikonal_points: int = 256
     """Random points an object for the eikonal term."""
-
-    # the NeuS (its config is saved with the weights)
-    feature_channels: int = 16
-    """Channels of the encoded view features."""
-    encoder_channels: int = 32
-    """Width of the view encoder."""
-    encoder_downsample: int = 2
-    """Stride of the view encoder (features at resolution / stride)."""
-    hidden_dim: int = 64
-    """Width of the SDF and colour MLPs."""
-    num_sdf_layers: int = 3
-    """Depth of the SDF MLP."""
-    num_color_layers: int = 2
-    """Depth of the colour MLP."""
-    num_frequencies: int = 4
-    """Positional-encoding frequencies of the 3D points."""
-    num_coarse_samples: int = 16
-    """Stratified samples a ray."""
-    num_importance_samples: int = 8
-    """Importance samples a ray (from the coarse weights)."""
-    init_radius: float = 0.5
+    neus_init_radius: float = 0.5
     """Radius of the initial SDF sphere."""
-    chunk_size: int = 16384
-    """Rays rendered at once (bounds peak memory, not the result)."""
-
-    # checkpoints, validation, stopping, Hub
-    checkpointing_steps: int = 250
-    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
-    checkpoints_total_limit: int = 3
-    """Keep only the newest this many checkpoints (0 keeps all)."""
-    resume: Optional[str] = None
-    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
-    stop_at_step: int = 0
-    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
-    max_minutes: float = 0.0
-    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
-    validation_steps: int = 500
-    """Render the validation object's views (and mesh) every this many steps and at the end (0 = never)."""
     validation_mesh_resolution: int = 48
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
-    log_every: int = 10
-    """Append the losses, lr, samples/s and peak RSS to log.jsonl every this many steps."""
-    push_to_hub: bool = False
-    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
-    hub_model_id: Optional[str] = None
-    """Hub repository (owner/name) of --push-to-hub."""
-    hub_private: bool = False
-    """Create the Hub repository private."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check = setting_check(self)
-
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.resolution > 0, "resolution", "must be > 0")
         check(self.num_input_views >= 1, "num_input_views", "must be >= 1")
         check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check_optimisation_settings(self, check)
         check(self.rays_per_view >= 1, "rays_per_view", "must be >= 1")
         check(self.mask_loss_weight >= 0, "mask_loss_weight", "must be >= 0")
         check(self.eikonal_weight >= 0, "eikonal_weight", "must be >= 0")
         check(self.eikonal_points >= 1, "eikonal_points", "must be >= 1")
-        for name in ("feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers",
-                     "num_color_layers", "chunk_size"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.num_frequencies >= 0, "num_frequencies", "must be >= 0")
-        check(self.num_coarse_samples >= 2, "num_coarse_samples", "must be >= 2")
-        check(self.num_importance_samples >= 0, "num_importance_samples", "must be >= 0")
-        check(0 < self.init_radius < 1, "init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
-        check_common_settings(self, check)
+        check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
         check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
-        check_log_and_hub_settings(self, check)
-
-    def architecture(self) -> Dict[str, object]:
-        """The settings that fix the weights' shapes (a resumed run must keep them)."""
-        names = ("feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers",
-                 "num_color_layers", "num_frequencies", "num_coarse_samples", "num_importance_samples", "init_radius")
-        return {name: config_to_dict(self)[name] for name in names}
 
 
 def build_reconstructor(cfg: ReconstructorTrainConfig):
-    """A fresh pixel-space :class:`LatentSparseNeuS` (3 channels, white background), seeded by ``--seed``."""
-    from ..models.latent_sparse_neus import LatentSparseNeuS
-
+    """A fresh pixel-space :class:`LatentSparseNeuS` (3 channels, white background), seeded by ``--seed``;
+    it renders at full resolution (what it is given)."""
     torch.manual_seed(cfg.seed)
-    return LatentSparseNeuS(
-        in_channels=3,
-        feature_channels=cfg.feature_channels,
-        encoder_channels=cfg.encoder_channels,
-        encoder_downsample=cfg.encoder_downsample,
-        hidden_dim=cfg.hidden_dim,
-        num_sdf_layers=cfg.num_sdf_layers,
-        num_color_layers=cfg.num_color_layers,
-        num_frequencies=cfg.num_frequencies,
-        num_coarse_samples=cfg.num_coarse_samples,
-        num_importance_samples=cfg.num_importance_samples,
-        render_resolution=None,  # full resolution: the reconstructor renders what it is given
-        init_radius=cfg.init_radius,
-        background=1.0,
-        chunk_size=cfg.chunk_size,
-    )
+    return build_neus(cfg, in_channels=3, background=1.0, render_resolution=None, init_radius=cfg.neus_init_radius)
 
 
 class ReconstructorStep(torch.nn.Module):
@@ -296,7 +197,7 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
         mesh = None
         if mesh_resolution:
             try:
-                mesh = neus.extract_mesh(context, mesh_resolution)
+                mesh = mesh_from_neus(neus, context, mesh_resolution)
             except ValueError:  # an SDF without a surface yet (early training)
                 mesh = None
     finally:
@@ -319,11 +220,12 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
 
 
 USAGE = """
+from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 
 reconstructor = LatentSparseNeuS.from_pretrained("PATH", subfolder="reconstructor")
 context = reconstructor.encode(views, 0, cameras)       # views [1, V, 3, H, W] in [-1, 1]
-mesh = reconstructor.extract_mesh(context, resolution=128)
+mesh = mesh_from_neus(reconstructor, context, resolution=128)
 """
 
 
@@ -349,7 +251,7 @@ def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: i
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 def validation_outputs(neus, item: Dict, cfg: ReconstructorTrainConfig, device: torch.device, step: int,
@@ -367,9 +269,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     from ..models.latent_sparse_neus import LatentSparseNeuS
 
     # 1. Processes, folders, data
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -391,9 +291,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(step_module)
     models = {"reconstructor": raw.neus}
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.neus, cfg, step, log_path)
@@ -402,12 +300,12 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
         return validation_outputs(raw.neus, dataset[0], cfg, device, step, samples_dir)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    result = train_loop(
-        cfg, accelerator, "train-reconstructor", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-        start_step, end_step,
+    hooks = StepHooks(
         compute_losses=lambda batch, generator: reconstruction_losses(step_module, batch, cfg, generator, device),
-        save_model=save_model, validate=validate,
+        save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
+    result = train_loop(cfg, accelerator, "train-reconstructor", models, list(raw.parameters()), optimizer,
+                        lr_scheduler, loader, start_step, end_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D reconstructor")
 
 
@@ -416,15 +314,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train-reconstructor",
         help="train the feed-forward SparseNeuS reconstructor (views -> SDF -> mesh, §3.5)",
-        description=__doc__, config_class=ReconstructorTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=ReconstructorTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train-reconstructor", ReconstructorTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser, run_from_args))
+    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser))

@@ -42,54 +42,37 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .checkpointing import check_architecture, resolve_resume, write_atomically
-from .common import (
-    add_trainer_parser,
-    check_batch_size,
-    final_step,
-    make_accelerator,
-    run_trainer,
-    script_main,
-    step_loader,
-)
-from .config import config_to_dict, flag_name
-from .loop import (
-    check_common_settings,
-    check_log_and_hub_settings,
-    check_optimisation_settings,
+from ..foundation import Foundation, predicted_x0, prediction_target
+from ..hub import losses_from_log, write_model_card
+from ..io_utils import atomic_write_folder
+from ..models.views import fold_views, unfold_views
+from ..sampling import ddim_scheduler
+from .branch import BranchSettings, TuneMV3DBranch, build_branch_from_unet
+from .checkpointing import check_architecture, resolve_resume
+from .common import add_trainer_parser, script_main
+from .config import command_line
+from .losses import gather_pixels, render_losses
+from .runner import (
+    StepHooks,
+    batch_stream,
     finish_run,
+    load_foundation_for,
     load_multiview_dataset,
     prepare_training,
     run_paths,
-    setting_check,
+    start_run,
     train_loop,
-    write_run_config,
 )
-from .model_card import command_line, losses_from_log, write_model_card
-from .text import encode_prompts
+from .settings import FoundationTuningSettings, setting_check
 
-__all__ = [
-    "Foundation",
-    "TuneMV3DBranch",
-    "TuneMV3DTrainConfig",
-    "add_parser",
-    "build_branch",
-    "build_branch_from_unet",
-    "build_neus",
-    "load_foundation",
-    "load_foundation_for",
-    "main",
-    "render_losses",
-    "training_losses",
-]
+__all__ = ["TuneMV3DTrainConfig", "add_parser", "build_branch", "main", "training_losses"]
 
 LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
@@ -100,46 +83,24 @@ LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
 
 @dataclass
-class TuneMV3DTrainConfig:
-    """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes)."""
+class TuneMV3DTrainConfig(BranchSettings, FoundationTuningSettings):
+    """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes): the run's
+    (:class:`FoundationTuningSettings`), the branch's (:class:`BranchSettings`), then these."""
 
-    # foundation, data and outputs
-    pretrained_model: str = "runs/foundation-tiny/pipeline"
-    """The frozen foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
-    data_dir: str = "data/objects3d"
-    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+    architecture_settings: ClassVar[tuple] = (
+        "pretrained_model", "geometry_attention_levels", "geometry_attention_heads", "geometry_attention_neighbourhood",
+        "geometry_attention_samples", "conditioning_channels", "neus_render_resolution", "neus_num_coarse_samples",
+        "neus_num_importance_samples", "neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample",
+        "neus_hidden_dim", "neus_num_sdf_layers", "neus_num_color_layers", "neus_num_frequencies")
+
     output_dir: str = "runs/tunemv3d-tiny"
     """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
-    resolution: int = 32
-    """Views are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
-    num_input_views: int = 8
-    """Noised views an object (the branch and the UNet see them; the NeuS renders them in full)."""
-    num_supervision_views: int = 8
-    """Further views an object that only supervise the NeuS renders (ray subsets)."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the training process)."""
-
-    # optimisation
-    max_train_steps: int = 20000
-    """Optimizer steps of the whole run (the schedule spans these)."""
-    batch_size: int = 2
-    """Global batch in objects an optimizer step (each brings its input + supervision views), split evenly across processes."""
     learning_rate: float = 1e-4
     """Peak AdamW learning rate of the branch (ControlNet copy, zero convolutions, geometry-aware attention)."""
+    num_supervision_views: int = 8
+    """Further views an object that only supervise the NeuS renders (ray subsets)."""
     neus_learning_rate: float = 1e-3
     """Peak AdamW learning rate of the LatentSparseNeuS."""
-    lr_scheduler: str = "constant"
-    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
-    lr_warmup_steps: int = 100
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
-    seed: int = 0
-    """Seeds the new weights and, with the step number, each step's batch order, dropouts, timesteps, noise and rays."""
-    mixed_precision: str = "no"
-    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
 
     # losses
     diffusion_loss_weight: float = 1.0
@@ -150,402 +111,31 @@ class TuneMV3DTrainConfig:
     """Weight of the BCE between the rendered opacity and the object masks."""
     supervision_rays: int = 128
     """Random pixels a supervision view renders a step (the same pixels in each view), at the diffusion-space resolution."""
-    caption_dropout: float = 0.1
-    """Fraction of captions replaced by "" (classifier-free guidance)."""
     neus_dropout: float = 0.1
     """Fraction of objects whose branch runs without the NeuS render and samples (trains the consistency-guidance pass, §3.3)."""
 
-    # branch
-    geometry_attention_levels: Tuple[int, ...] = (0,)
-    """UNet down blocks after which geometry-aware attention runs (block 0's output is at resolution / 2)."""
-    geometry_attention_heads: int = 1
-    """Heads of each geometry-aware attention layer."""
-    geometry_attention_neighbourhood: int = 3
-    """Side n of the n x n pixel frustum a query attends through (odd)."""
-    geometry_attention_samples: int = 1
-    """NeuS samples of largest weight kept a ray for the geometry-aware attention."""
-    conditioning_channels: Tuple[int, ...] = (16,)
-    """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
-
-    # NeuS
-    neus_render_resolution: int = 16
-    """Side of the full NeuS render of the input views that conditions the branch; 0 = the diffusion-space resolution. Cost grows with its square."""
-    neus_num_coarse_samples: int = 16
-    """Stratified samples a ray."""
-    neus_num_importance_samples: int = 8
-    """Importance samples a ray (from the coarse weights)."""
-    neus_feature_channels: int = 16
-    """Channels of the encoded view features."""
-    neus_encoder_channels: int = 32
-    """Width of the NeuS view encoder."""
-    neus_encoder_downsample: int = 2
-    """Stride of the NeuS view encoder (features at resolution / stride)."""
-    neus_hidden_dim: int = 64
-    """Width of the SDF and feature MLPs."""
-    neus_num_sdf_layers: int = 3
-    """Depth of the SDF MLP."""
-    neus_num_color_layers: int = 2
-    """Depth of the feature (colour) MLP."""
-    neus_num_frequencies: int = 4
-    """Positional-encoding frequencies of the 3D points."""
-    neus_chunk_size: int = 16384
-    """Rays rendered at once (bounds peak memory, not the result)."""
-
-    # checkpoints, validation, stopping, Hub
-    checkpointing_steps: int = 250
-    """Write a checkpoint (and refresh model/) every this many steps, and at the end."""
-    checkpoints_total_limit: int = 3
-    """Keep only the newest this many checkpoints (0 keeps all)."""
-    resume: Optional[str] = None
-    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
-    stop_at_step: int = 0
-    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
-    max_minutes: float = 0.0
-    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
-    validation_steps: int = 500
-    """Save a view grid of a validation object every this many steps and at the end (0 = never)."""
-    validation_timesteps: Tuple[int, ...] = (250, 750)
-    """Noise levels of the validation grid: per t, rows of clean, noisy, NeuS x0 render and one-step x0 prediction."""
-    validation_inference_steps: int = 10
-    """DDIM steps of the grid's first row, views sampled by TuneMV3DPipeline from the validation caption (0 = no such row)."""
-    validation_guidance_scale: float = 3.0
-    """Classifier-free guidance scale of the sampled row."""
-    log_every: int = 10
-    """Append the losses, lr, samples/s and peak RSS to log.jsonl every this many steps."""
-    push_to_hub: bool = False
-    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
-    hub_model_id: Optional[str] = None
-    """Hub repository (owner/name) of --push-to-hub."""
-    hub_private: bool = False
-    """Create the Hub repository private."""
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         check = setting_check(self)
-
-        self.geometry_attention_levels = tuple(self.geometry_attention_levels)
-        self.conditioning_channels = tuple(self.conditioning_channels)
-        self.validation_timesteps = tuple(self.validation_timesteps)
-        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.resolution > 0, "resolution", "must be > 0")
         check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
         check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
         check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
-        check_optimisation_settings(self, check)
         for name in ("diffusion_loss_weight", "reconstruction_loss_weight", "mask_loss_weight"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
         check(self.supervision_rays >= 1, "supervision_rays", "must be >= 1")
-        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
         check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
-        check(all(level >= 0 for level in self.geometry_attention_levels), "geometry_attention_levels",
-              "must be down-block indices >= 0")
-        check(self.geometry_attention_heads >= 1, "geometry_attention_heads", "must be >= 1")
-        check(self.geometry_attention_neighbourhood >= 1 and self.geometry_attention_neighbourhood % 2 == 1,
-              "geometry_attention_neighbourhood", "must be odd and >= 1")
-        check(self.geometry_attention_samples >= 1, "geometry_attention_samples", "must be >= 1")
-        check(len(self.conditioning_channels) >= 1 and all(c > 0 for c in self.conditioning_channels),
-              "conditioning_channels", "must be positive channel counts")
-        check(self.neus_render_resolution >= 0, "neus_render_resolution", "must be >= 0")
-        check(self.neus_num_coarse_samples >= 2, "neus_num_coarse_samples", "must be >= 2")
-        check(self.neus_num_importance_samples >= 0, "neus_num_importance_samples", "must be >= 0")
-        for name in ("neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
-                     "neus_num_sdf_layers", "neus_num_color_layers", "neus_chunk_size"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.neus_num_frequencies >= 0, "neus_num_frequencies", "must be >= 0")
-        check_common_settings(self, check)
-        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
-              "validation_timesteps", "must be one or more timesteps >= 0")
-        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
-        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
-        check_log_and_hub_settings(self, check)
-
-    def architecture(self) -> Dict[str, object]:
-        """The settings that fix the new weights' shapes (a resumed run must keep them)."""
-        names = ("pretrained_model", "geometry_attention_levels", "geometry_attention_heads",
-                 "geometry_attention_neighbourhood", "geometry_attention_samples", "conditioning_channels",
-                 "neus_render_resolution", "neus_num_coarse_samples", "neus_num_importance_samples",
-                 "neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
-                 "neus_num_sdf_layers", "neus_num_color_layers", "neus_num_frequencies")
-        return {name: config_to_dict(self)[name] for name in names}
-
-
-# ----------------------------------------------------------------------------------------------
-# The frozen foundation
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Foundation:
-    """The frozen parts of a text-to-image pipeline folder (all in eval mode, requires_grad False).
-
-    Attributes:
-        vae: ``AutoencoderKL`` of a latent model, ``None`` for a pixel-space model (IF, ours).
-        noise_scheduler: a ``DDPMScheduler`` made from the folder's scheduler config (training noise).
-    """
-
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    noise_scheduler: object
-    vae: Optional[torch.nn.Module]
-    path: str
-
-    @property
-    def channels(self) -> int:
-        """Channels of the diffusion space (the UNet's in_channels)."""
-        return int(self.unet.config.in_channels)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
-
-    def space_resolution(self, resolution: int) -> int:
-        """Side of the diffusion space for views of ``resolution`` pixels."""
-        return resolution // self.vae_scale_factor
-
-    @torch.no_grad()
-    def to_space(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Clean views ``[B, V, 3, H, W]`` in [-1, 1] -> the diffusion space ``[B, V, C, h, w]``
-        (identity for pixels; VAE latent sample x scaling_factor for a latent model)."""
-        if self.vae is None:
-            return images
-        folded = images.flatten(0, 1).to(self.vae.dtype)  # (B V) 3 H W
-        latents = self.vae.encode(folded).latent_dist.sample(generator)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        latents = (latents - shift) * self.vae.config.scaling_factor
-        return latents.reshape(*images.shape[:2], *latents.shape[1:]).to(images.dtype)
-
-    @torch.no_grad()
-    def to_images(self, space: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_space` for display: ``[N, C, h, w]`` -> ``[N, 3, H, W]`` in [-1, 1]."""
-        if self.vae is None:
-            return space.clamp(-1, 1)
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        images = self.vae.decode(space.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
-        return images.float().clamp(-1, 1)
-
-    @torch.no_grad()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings ``[B, 77, D]`` (IFPipeline's encoding: 77 tokens, attention mask)."""
-        return encode_prompts(self.tokenizer, self.text_encoder, list(prompts))
-
-    def unet_prediction(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                        residuals: Optional[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]] = None) -> torch.Tensor:
-        """Frozen UNet on the folded views ``[B, V, C, h, w]`` with the branch residuals -> ``[B, V, C, h, w]``
-        (IF-style learned-variance channels dropped)."""
-        batch, views, channels = noisy_views.shape[:3]
-        kwargs = {}
-        if residuals is not None:
-            kwargs = dict(down_block_additional_residuals=list(residuals[0]), mid_block_additional_residual=residuals[1])
-        out = self.unet(
-            noisy_views.flatten(0, 1),  # (B V) C h w
-            timesteps.repeat_interleave(views),
-            encoder_hidden_states=text.repeat_interleave(views, dim=0),
-            **kwargs,
-        ).sample[:, :channels]
-        return out.reshape(batch, views, *out.shape[1:])
-
-
-def load_foundation(path: str, device: torch.device = torch.device("cpu")) -> Foundation:
-    """Load and freeze a pipeline folder's UNet, text encoder, tokenizer, (VAE) and noise schedule."""
-    import transformers
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    root = Path(path)
-    missing = [name for name in ("unet", "text_encoder", "tokenizer", "scheduler") if not (root / name).is_dir()]
-    if missing:
-        raise ValueError(f"{flag_name('pretrained_model')}: {path!r} is not a text-to-image pipeline folder "
-                         f"(missing {', '.join(m + '/' for m in missing)})")
-    index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").is_file() else {}
-    encoder_class = index.get("text_encoder", [None, "CLIPTextModel"])[1]
-    text_encoder = getattr(transformers, encoder_class, transformers.AutoModel).from_pretrained(root / "text_encoder")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tokenizer")
-    unet = UNet2DConditionModel.from_pretrained(root / "unet")
-    # training noise follows the foundation's schedule (betas, T, prediction type); variance_type is irrelevant here
-    scheduler_config = {k: v for k, v in DDPMScheduler.load_config(root / "scheduler").items() if k != "variance_type"}
-    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    vae = AutoencoderKL.from_pretrained(root / "vae") if (root / "vae").is_dir() else None
-    if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"{flag_name('pretrained_model')}: unsupported prediction_type "
-                         f"{noise_scheduler.config.prediction_type!r}")
-    for model in (unet, text_encoder, vae):
-        if model is not None:
-            model.requires_grad_(False)
-            model.eval()
-            model.to(device)
-    return Foundation(unet, text_encoder, tokenizer, noise_scheduler, vae, str(path))
-
-
-def load_foundation_for(cfg, device: torch.device) -> Foundation:
-    """:func:`load_foundation` of ``cfg.pretrained_model``, after checking that ``cfg.resolution`` and
-    ``cfg.validation_timesteps`` fit it (a trainer's settings with those fields)."""
-    foundation = load_foundation(cfg.pretrained_model, device)
-    factor = foundation.vae_scale_factor * 2 ** (len(foundation.unet.config.block_out_channels) - 1)
-    if cfg.resolution % factor:
-        raise ValueError(f"{flag_name('resolution')} {cfg.resolution} must be a multiple of {factor} "
-                         "(the VAE factor x the UNet's downsampling)")
-    for t in cfg.validation_timesteps:
-        if t >= foundation.noise_scheduler.config.num_train_timesteps:
-            raise ValueError(f"{flag_name('validation_timesteps')} {t} must be below the foundation's "
-                             f"{foundation.noise_scheduler.config.num_train_timesteps} training timesteps")
-    return foundation
-
-
-# ----------------------------------------------------------------------------------------------
-# The trained models
-# ----------------------------------------------------------------------------------------------
-
-
-def build_neus(in_channels: int, latent: bool, cfg: TuneMV3DTrainConfig):
-    """A fresh :class:`LatentSparseNeuS` with ``cfg``'s ``neus_*`` settings in a diffusion space of
-    ``in_channels`` (background 0.0 for latents, 1.0 = white pixels). Uses the global RNG as it is."""
-    from ..models.latent_sparse_neus import LatentSparseNeuS
-
-    return LatentSparseNeuS(
-        in_channels=in_channels,
-        feature_channels=cfg.neus_feature_channels,
-        encoder_channels=cfg.neus_encoder_channels,
-        encoder_downsample=cfg.neus_encoder_downsample,
-        hidden_dim=cfg.neus_hidden_dim,
-        num_sdf_layers=cfg.neus_num_sdf_layers,
-        num_color_layers=cfg.neus_num_color_layers,
-        num_frequencies=cfg.neus_num_frequencies,
-        num_coarse_samples=cfg.neus_num_coarse_samples,
-        num_importance_samples=cfg.neus_num_importance_samples,
-        render_resolution=cfg.neus_render_resolution or None,
-        background=0.0 if latent else 1.0,  # white pixels; latents start at 0
-        chunk_size=cfg.neus_chunk_size,
-    )
-
-
-def build_branch_from_unet(unet, in_channels: int, latent: bool, cfg: TuneMV3DTrainConfig):
-    """Fresh ``controlnet`` (``MultiViewControlNetModel.from_unet(unet)``) and ``neus``
-    (:func:`build_neus`), seeded by ``cfg.seed`` (``torch.manual_seed``: the global RNG)."""
-    from ..models.multiview_controlnet import MultiViewControlNetModel
-
-    levels = len(unet.config.block_out_channels)
-    bad = [level for level in cfg.geometry_attention_levels if level >= levels]
-    if bad:
-        raise ValueError(f"{flag_name('geometry_attention_levels')} {cfg.geometry_attention_levels} must index the "
-                         f"UNet's {levels} down blocks (0..{levels - 1})")
-    torch.manual_seed(cfg.seed)
-    controlnet = MultiViewControlNetModel.from_unet(
-        unet,
-        conditioning_embedding_out_channels=cfg.conditioning_channels,
-        geometry_attention_levels=cfg.geometry_attention_levels,
-        geometry_attention_heads=cfg.geometry_attention_heads,
-        geometry_attention_neighbourhood=cfg.geometry_attention_neighbourhood,
-        geometry_attention_samples=cfg.geometry_attention_samples,
-    )
-    neus = build_neus(in_channels, latent, cfg)
-    return controlnet, neus
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
     """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
-    return build_branch_from_unet(foundation.unet, foundation.channels, foundation.vae is not None, cfg)
-
-
-def _index_objects(cameras, index: torch.Tensor):
-    """Cameras ``[B, V]`` -> ``[len(index), V]``."""
-    from ..cameras import Cameras
-
-    return Cameras(cameras.world_to_camera[index], cameras.intrinsics[index], cameras.height, cameras.width)
-
-
-class TuneMV3DBranch(torch.nn.Module):
-    """``controlnet`` + ``neus`` as one module: one DDP wrapper synchronises both, and its forward is
-    the trained part of a step (NeuS encode once, full render of the inputs, ray subset of the
-    supervision views, branch residuals with or without the NeuS condition per object)."""
-
-    def __init__(self, controlnet, neus):
-        super().__init__()
-        self.controlnet = controlnet
-        self.neus = neus
-
-    def render_size(self, height: int, width: int) -> Tuple[int, int]:
-        size = self.neus.config.render_resolution or height
-        return size, size * width // height
-
-    def forward(self, noisy_views, timesteps, text, cameras, keep_neus, supervision_cameras=None, pixel_indices=None):
-        """
-        Args:
-            noisy_views: ``[B, V, C, h, w]`` x_t of the input views (diffusion space).
-            timesteps: ``[B]`` one t an object.
-            text: ``[B, L, D]`` text embeddings.
-            cameras: input cameras, batch shape ``[B, V]``, at ``h x w``.
-            keep_neus: ``[B]`` bool; False runs that object's branch without the NeuS (§3.3).
-            supervision_cameras: ``[B, Vs]`` cameras at ``h x w`` or None.
-            pixel_indices: ``[N]`` row-major pixels rendered in every supervision view.
-
-        Returns:
-            a dict: ``down`` (tuple of ``[(B V), ...]``), ``mid``, ``x0`` ``[B, V, C, r, r]`` and
-            ``opacity`` ``[B, V, r, r]`` (full render), ``novel`` ``[B, Vs, N, C]`` and
-            ``novel_opacity`` ``[B, Vs, N]`` (ray subset; absent without supervision views).
-        """
-        batch, views = noisy_views.shape[:2]
-        # 1. NeuS: encode the noisy views once (eq. 1); full render of the input cameras (eq. 2-3)
-        context = self.neus.encode(noisy_views, timesteps, cameras)
-        rh, rw = self.render_size(*noisy_views.shape[-2:])
-        full = self.neus.render(context, context.cameras.rescale(rh, rw))
-        x0 = full.colors.reshape(batch, views, rh, rw, -1).permute(0, 1, 4, 2, 3)  # B V C rh rw
-        out = {"x0": x0, "opacity": full.opacity.reshape(batch, views, rh, rw)}
-        # 2. novel-view supervision: a ray subset of the other cameras from the same context
-        if supervision_cameras is not None and pixel_indices is not None and supervision_cameras.batch_shape[-1] > 0:
-            novel = self.neus.render(context, supervision_cameras, pixel_indices)
-            out["novel"], out["novel_opacity"] = novel.colors, novel.opacity
-        # 3. branch residuals: with the NeuS condition, or without it for the dropped objects
-        keep = keep_neus.nonzero().flatten()
-        drop = (~keep_neus).nonzero().flatten()
-        parts = []
-        if len(keep):
-            parts.append((keep, self.controlnet(
-                noisy_views[keep], timesteps[keep], text[keep], _index_objects(cameras, keep), x0[keep],
-                full.sample_points[keep], full.sample_weights[keep], return_dict=False)))
-        if len(drop):
-            parts.append((drop, self.controlnet(noisy_views[drop], timesteps[drop], text[drop], return_dict=False)))
-        if len(parts) == 1:
-            out["down"], out["mid"] = parts[0][1]
-        else:
-            inverse = torch.argsort(torch.cat([index for index, _ in parts]))
-
-            def merge(tensors):  # per part [(b_k V), ...] -> [(B V), ...] in object order
-                stacked = torch.cat([t.reshape(-1, views, *t.shape[1:]) for t in tensors])[inverse]
-                return stacked.flatten(0, 1)
-
-            (_, (down_a, mid_a)), (_, (down_b, mid_b)) = parts
-            out["down"] = tuple(merge([a, b]) for a, b in zip(down_a, down_b))
-            out["mid"] = merge([mid_a, mid_b])
-        return out
+    return build_branch_from_unet(foundation.unet, foundation.channels, foundation.vae is not None, cfg, cfg.seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------
-
-
-def gather_pixels(images: torch.Tensor, pixel_indices: torch.Tensor) -> torch.Tensor:
-    """``[B, V, C, H, W]`` at row-major ``pixel_indices [N]`` -> ``[B, V, N, C]`` (the order renders use)."""
-    return images.flatten(-2)[..., pixel_indices].transpose(-1, -2)
-
-
-def render_losses(colors: torch.Tensor, opacity: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-    """Per-element mean MSE of rendered ``colors [..., C]`` against ``target [..., C]`` and BCE of
-    ``opacity [...]`` against the (soft) ``mask [...]`` in [0, 1]; returns ``(mse, bce)``."""
-    mse = F.mse_loss(colors.float(), target.float())
-    bce = F.binary_cross_entropy(opacity.float().clamp(1e-4, 1 - 1e-4), mask.float().clamp(0, 1))
-    return mse, bce
 
 
 def _area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -603,13 +193,8 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
     pixel_indices = draws["pixel_indices"].to(device)
     out = branch(x_t, t, text, cameras, draws["keep_neus"].to(device), supervision_cameras, pixel_indices)
     prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
-    if foundation.prediction_type == "epsilon":
-        target = noise
-    elif foundation.prediction_type == "v_prediction":
-        target = foundation.noise_scheduler.get_velocity(x0.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(v))
-        target = target.reshape(x0.shape)
-    else:  # "sample"
-        target = x0
+    target = unfold_views(prediction_target(foundation.noise_scheduler, fold_views(x0), fold_views(noise),
+                                            t.repeat_interleave(v)), v)
     loss_diffusion = F.mse_loss(prediction.float(), target.float())
 
     # 4. NeuS reconstruction: full render of the input views + ray subset of the supervision views
@@ -670,7 +255,7 @@ def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, 
             usage=USAGE,
         )
 
-    write_atomically(folder, write)
+    atomic_write_folder(folder, write)
 
 
 @torch.no_grad()
@@ -682,11 +267,8 @@ def pipeline_samples(branch: TuneMV3DBranch, foundation: Foundation, item: Dict,
         from ..pipelines import TuneMV3DPipeline
     except ImportError:
         return None
-    from diffusers import DDIMScheduler
-
-    config = {k: v for k, v in dict(foundation.noise_scheduler.config).items() if k != "variance_type"}
     pipe = TuneMV3DPipeline(unet=foundation.unet, controlnet=branch.controlnet, neus=branch.neus,
-                            scheduler=DDIMScheduler.from_config(config), text_encoder=foundation.text_encoder,
+                            scheduler=ddim_scheduler(foundation.noise_scheduler.config), text_encoder=foundation.text_encoder,
                             tokenizer=foundation.tokenizer, vae=foundation.vae)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(item["caption"], num_views=len(item["cameras"]), cameras=item["cameras"],
@@ -715,7 +297,6 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
     cameras = item["cameras"].to(device).rescale(space, space).expand(1)
     text = foundation.encode_text([item["caption"]]).to(device)
     scheduler = foundation.noise_scheduler
-    abar = scheduler.alphas_cumprod.to(device)
     rows, metrics = [], {}
 
     def show(space_views: torch.Tensor) -> torch.Tensor:  # 1 V C h w -> V 3 H W
@@ -736,13 +317,7 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
             x_t = scheduler.add_noise(clean.flatten(0, 1), noise.flatten(0, 1), t.repeat(v)).reshape(clean.shape)
             out = branch(x_t, t, text, cameras, torch.ones(1, dtype=torch.bool, device=device))
             prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
-            a = abar[t].view(1, 1, 1, 1, 1)
-            if foundation.prediction_type == "epsilon":
-                x0_pred = (x_t - (1 - a).sqrt() * prediction) / a.sqrt()
-            elif foundation.prediction_type == "v_prediction":
-                x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * prediction
-            else:
-                x0_pred = prediction
+            x0_pred = predicted_x0(scheduler, x_t, prediction, t)
             rows += [show(clean), show(x_t), show(out["x0"]), show(x0_pred)]
             neus_mse = F.mse_loss(out["x0"], _area_resize(clean, tuple(out["x0"].shape[-2:]))).item()
             metrics[f"val_neus_mse_t{int(t)}"] = neus_mse
@@ -764,9 +339,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     # 1. Processes, folders, data, the frozen foundation
-    accelerator = make_accelerator(cfg)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    check_batch_size(cfg, world)
+    accelerator = start_run(cfg)
     device = accelerator.device
     _, _, log_path = run_paths(cfg)
     dataset = load_multiview_dataset(cfg)
@@ -793,9 +366,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(branch)
     models = {"controlnet": raw.controlnet, "neus": raw.neus}
 
-    end_step = final_step(cfg)
-    loader = step_loader(dataset, cfg, start_step, end_step, rank, world, collate_multiview)
-    write_run_config(accelerator, cfg)
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
 
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
@@ -804,12 +375,12 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
         return validation_grid(raw, foundation, dataset[0], cfg, device)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
-    result = train_loop(
-        cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-        start_step, end_step,
+    hooks = StepHooks(
         compute_losses=lambda batch, generator: training_losses(branch, foundation, batch, cfg, generator, device),
-        save_model=save_model, validate=validate,
+        save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
+    result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
+                        start_step, end_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D branch")
 
 
@@ -823,15 +394,12 @@ def add_parser(subparsers) -> None:
     add_trainer_parser(
         subparsers, "train",
         help="tune a frozen text-to-image foundation into TuneMV3D (multi-view ControlNet + latent SparseNeuS)",
-        description=__doc__, config_class=TuneMV3DTrainConfig, run_from_args=run_from_args,
+        description=__doc__, config_class=TuneMV3DTrainConfig, main=main,
     )
 
-
-def run_from_args(args) -> int:
-    return run_trainer("train", TuneMV3DTrainConfig, main, args)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train", "train_tunemv3d", add_parser, run_from_args))
+    sys.exit(script_main("train", "train_tunemv3d", add_parser))

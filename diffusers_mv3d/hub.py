@@ -1,48 +1,45 @@
-"""README.md model cards for the folders the trainers write, and the command line that reproduces a run.
+"""Folders for the Hub: written whole, with a README.md model card, and uploaded as one commit.
 
-A card records what a reader of the folder needs to trust or rerun it: the base model, the data,
-the steps trained, the last logged losses and the exact command (every setting that differs from
-the trainer's defaults, as flags). YAML front matter makes it a Hub model card.
+Every folder the project publishes (a trainer's ``model/`` or ``pipeline/``, an assembled pipeline)
+goes through here: :func:`write_pipeline_folder` saves a diffusers pipeline atomically with a
+tokenizer both transformers 4 and 5 load, :func:`model_card_front_matter` starts its card,
+:func:`model_card_text` is a trainer folder's card (base model, data, steps, last losses, the exact
+command), and :func:`push_folder_to_hub` uploads a finished folder.
 """
 
-import dataclasses
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from .config import config_to_dict, flag_name
+from .io_utils import atomic_write_folder
+from .training.config import config_to_dict
 
-__all__ = ["command_line", "model_card_text", "push_folder_to_hub", "run_summary", "write_model_card"]
-
-
-def command_line(program: str, cfg: Any) -> str:
-    """``program`` followed by a flag for every field of ``cfg`` that differs from its default.
-
-    Running the returned string gives the same resolved settings as ``cfg`` (no ``--config`` file
-    needed), e.g. ``diffusers-mv3d train --max-train-steps 3 --no-push-to-hub``.
-    """
-    defaults = type(cfg)()
-    words = shlex.split(program)
-    for f in dataclasses.fields(cfg):
-        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
-        if value == default:
-            continue
-        flag = flag_name(f.name)
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, (tuple, list)):
-            words.append(flag)
-            words.extend(str(v) for v in value)
-        else:
-            words.extend([flag, "none" if value is None else str(value)])
-    return shlex.join(words)
+__all__ = [
+    "losses_from_log",
+    "model_card_front_matter",
+    "model_card_text",
+    "push_folder_to_hub",
+    "run_summary",
+    "write_model_card",
+    "write_pipeline_folder",
+]
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_repository(name: str) -> bool:
     """A Hub repository id (``owner/name``) rather than a local folder."""
     return not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def model_card_front_matter(tags: Sequence[str], base_model: str, pipeline_tag: Optional[str] = None) -> list:
+    """The YAML front matter lines that make a README.md a Hub model card (``base_model`` only for a Hub repository)."""
+    front = ["---", "library_name: diffusers"] + ([f"pipeline_tag: {pipeline_tag}"] if pipeline_tag else [])
+    front += ["tags:"] + [f"- {tag}" for tag in tags]
+    if is_hub_repository(base_model):
+        front.append(f"base_model: {base_model}")
+    return front + ["---"]
 
 
 def model_card_text(
@@ -58,12 +55,8 @@ def model_card_text(
     tags: Sequence[str] = ("diffusers", "diffusers-mv3d", "tunemv3d", "multiview", "text-to-3d"),
     usage: str = "",
 ) -> str:
-    """The README.md text (YAML front matter + Markdown)."""
-    front = ["---", "library_name: diffusers", "tags:"] + [f"- {tag}" for tag in tags]
-    if _is_hub_id(base_model):
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    lines = front + ["", f"# {title}", "", description.strip(), "", "## Contents", ""]
+    """The README.md text of a trainer's folder (YAML front matter + Markdown)."""
+    lines = model_card_front_matter(tags, base_model) + ["", f"# {title}", "", description.strip(), "", "## Contents", ""]
     lines += [f"- `{name}/`: {text}" for name, text in components.items()]
     lines += ["", "## Training", "", f"- Base model: `{base_model}`", f"- Data: `{data}`", f"- Steps: {steps}"]
     if losses:
@@ -89,9 +82,43 @@ def write_model_card(folder: Path, **kwargs) -> Path:
     return path
 
 
+def write_pipeline_folder(pipe, final: Path, card: Optional[str] = None) -> Path:
+    """``pipe.save_pretrained`` (safetensors) and ``card`` as README.md, atomically
+    (:func:`~diffusers_mv3d.io_utils.atomic_write_folder`); returns ``final``.
+
+    transformers 5 records a plain fast tokenizer as ``TokenizersBackend``, a class transformers 4
+    lacks; the folder names ``PreTrainedTokenizerFast`` instead, which loads in both.
+    """
+
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _portable_tokenizer_class(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    return atomic_write_folder(final, write)
+
+
+def _portable_tokenizer_class(folder: Path) -> None:
+    """Rename a ``TokenizersBackend`` tokenizer of a saved pipeline folder to ``PreTrainedTokenizerFast``."""
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    if index.get("tokenizer", [None, None])[1] != "TokenizersBackend":
+        return
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def push_folder_to_hub(folder: Path, repo_id: str, private: bool = False, commit_message: str = "Upload") -> str:
-    """Upload a finished output folder (weights + README.md) as ``save_pretrained`` + ``push_to_hub`` do:
-    create the model repository if needed, then one commit of the whole folder. Returns the commit URL."""
+    """Upload a finished folder (weights + README.md) as ``save_pretrained`` + ``push_to_hub`` do:
+    create the model repository if needed, then one commit of the whole folder. Returns the commit URL.
+
+    (``pipe.push_to_hub`` would re-save the pipeline and replace our model card with an empty one.)"""
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -102,8 +129,6 @@ def push_folder_to_hub(folder: Path, repo_id: str, private: bool = False, commit
 
 def losses_from_log(log_path: Path, keys: Sequence[str]) -> Dict[str, float]:
     """The ``keys`` of the last line of a ``log.jsonl`` (empty when there is none yet)."""
-    import json
-
     if not Path(log_path).is_file():
         return {}
     last = None
@@ -123,8 +148,6 @@ def run_summary(log_path: Path) -> Dict[str, float]:
     one; records without ``minutes``, such as validation scores, are skipped). Figures are as of the
     last logged step (``cpu_hours`` is nan when the trainer does not log ``cpu_seconds``); empty when
     there is no log."""
-    import json
-
     if not Path(log_path).is_file():
         return {}
     sessions, last = [], None

@@ -1,0 +1,163 @@
+"""The settings every trainer shares, once: each trainer's settings dataclass extends these.
+
+:class:`RunSettings` holds what the runner (:mod:`.runner`) reads: data and output folders, the
+optimisation, checkpoints, stopping, validation and logging. :class:`MultiViewRunSettings` adds what
+the trainers on multi-view objects (``train``, ``train-baseline``, ``train-reconstructor``) have on
+top: views an object, the LR schedule's shape and the Hub upload; :class:`FoundationTuningSettings`
+what the two that tune a frozen foundation (``train``, ``train-baseline``) add: the foundation, caption
+dropout and the validation grid's noise levels and sampled row. A trainer redeclares a field only to
+change its default (and then gives it its own docstring). Flags, ``--config`` files and ``--dry-run``
+come from the fields (:mod:`.config`); the base fields come first, then the trainer's own.
+
+Every ``__post_init__`` checks its own fields and raises ``ValueError`` naming the flag
+(:func:`setting_check`); a subclass calls ``super().__post_init__()`` first.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Dict, Optional, Tuple
+
+from .config import config_to_dict, flag_name
+
+__all__ = ["FoundationTuningSettings", "MultiViewRunSettings", "RunSettings", "setting_check"]
+
+
+def setting_check(cfg) -> Callable[[bool, str, str], None]:
+    """``check(ok, field, requirement)``: raises ``ValueError("--field requirement, got value")`` when not ``ok``."""
+
+    def check(ok: bool, field: str, requirement: str) -> None:
+        if not ok:
+            raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(cfg, field)!r}")
+
+    return check
+
+
+@dataclass
+class RunSettings:
+    """The settings of every trainer (flags are the field names with dashes)."""
+
+    model_folder: ClassVar[str] = "model"
+    """The folder under ``output_dir`` that a run writes its weights to, refreshed at every checkpoint."""
+    renamed_settings: ClassVar[Dict[str, str]] = {}
+    """Old setting name -> new one: files and checkpoints that use the old name still load."""
+    architecture_settings: ClassVar[tuple] = ()
+    """The settings that fix the weights' shapes (a resumed run must keep them)."""
+
+    # data and outputs
+    data_dir: str = "data/objects3d"
+    """Multi-view object folders written by `diffusers-mv3d render --split objects3d` (or chairs3d)."""
+    output_dir: str = "runs/tunemv3d-tiny"
+    """Where model/ (pipeline/ for the foundation), checkpoints/, samples/, log.jsonl and config.yaml go."""
+    resolution: int = 32
+    """Images are resized to this square size in pixels (a latent UNet works at resolution / the VAE's factor)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the training process)."""
+
+    # optimisation
+    max_train_steps: int = 20000
+    """Optimizer steps of the whole run (the schedule spans these)."""
+    batch_size: int = 2
+    """Global batch (objects or images an optimizer step), split evenly across processes."""
+    learning_rate: float = 1e-4
+    """Peak AdamW learning rate."""
+    lr_warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    seed: int = 0
+    """Seeds the new weights and, with the step number, each step's batch order and random draws (dropouts, timesteps, noise, rays)."""
+    mixed_precision: str = "no"
+    """Accelerator mixed precision: no, fp16 or bf16 (use no on CPUs: bf16 is ~8x slower without hardware support)."""
+
+    # checkpoints, validation, stopping
+    checkpointing_steps: int = 250
+    """Write a checkpoint (and refresh model/ or pipeline/) every this many steps, and at the end."""
+    checkpoints_total_limit: int = 3
+    """Keep only the newest this many checkpoints (0 keeps all)."""
+    resume: Optional[str] = None
+    """Continue from a checkpoint: "latest" (the newest under output_dir/checkpoints, or a fresh start if none) or a checkpoint folder."""
+    stop_at_step: int = 0
+    """Stop (after writing a checkpoint) at this step although the schedule runs to max_train_steps; 0 = do not."""
+    max_minutes: float = 0.0
+    """Stop (after writing a checkpoint) once this many minutes of training have passed; 0 = no limit."""
+    validation_steps: int = 500
+    """Save validation samples every this many steps and at the end (0 = never)."""
+    log_every: int = 10
+    """Append the losses, lr, samples/s, peak RSS and process CPU seconds to log.jsonl every this many steps."""
+
+    def __post_init__(self) -> None:
+        check = setting_check(self)
+        check(bool(self.data_dir), "data_dir", "must name a folder")
+        check(bool(self.output_dir), "output_dir", "must name a folder")
+        check(self.resolution > 0, "resolution", "must be > 0")
+        check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
+        check(self.batch_size > 0, "batch_size", "must be > 0")
+        check(self.learning_rate > 0, "learning_rate", "must be > 0")
+        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        check(self.seed >= 0, "seed", "must be >= 0")
+        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
+        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
+        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
+        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
+        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
+        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+
+    def architecture(self) -> Dict[str, object]:
+        """The values of :attr:`architecture_settings` (saved with every checkpoint)."""
+        values = config_to_dict(self)
+        return {name: values[name] for name in self.architecture_settings}
+
+
+@dataclass
+class MultiViewRunSettings(RunSettings):
+    """:class:`RunSettings` plus the views an object, the LR schedule's shape and the Hub upload."""
+
+    num_input_views: int = 8
+    """Views an object the model sees a step (the fixed input views of the data)."""
+    lr_scheduler: str = "constant"
+    """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
+    push_to_hub: bool = False
+    """Upload model/ to the Hub at the end (huggingface_hub upload, as ModelMixin.push_to_hub)."""
+    hub_model_id: Optional[str] = None
+    """Hub repository (owner/name) of --push-to-hub."""
+    hub_private: bool = False
+    """Create the Hub repository private."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check = setting_check(self)
+        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
+        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+
+
+@dataclass
+class FoundationTuningSettings(MultiViewRunSettings):
+    """:class:`MultiViewRunSettings` plus the foundation a run starts from and its validation grid."""
+
+    pretrained_model: str = "runs/foundation-tiny/pipeline"
+    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
+    caption_dropout: float = 0.1
+    """Fraction of captions replaced by "" (classifier-free guidance)."""
+    validation_timesteps: Tuple[int, ...] = (250, 750)
+    """Noise levels of the validation grid: per t, rows of the noisy views and the one-step x0 prediction (and the trainer's own rows)."""
+    validation_inference_steps: int = 10
+    """DDIM steps of the grid's row of views sampled from the validation caption (0 = no such row)."""
+    validation_guidance_scale: float = 3.0
+    """Classifier-free guidance scale of the sampled row."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check = setting_check(self)
+        self.validation_timesteps = tuple(self.validation_timesteps)
+        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
+        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
+        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
+              "validation_timesteps", "must be one or more timesteps >= 0")
+        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
+        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
