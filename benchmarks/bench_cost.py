@@ -31,9 +31,10 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from diffusers_mv3d import TuneMV3DPipeline
 from diffusers_mv3d.schedulers import ConsistencyGuidanceScheduler
+from diffusers_mv3d.training.branch import build_branch_from_unet
+from diffusers_mv3d.training.commands import FoundationTrainConfig, TuneMV3DTrainConfig
+from diffusers_mv3d.training.foundation_model import build_unet
 from diffusers_mv3d.training.text import build_text_encoder, train_word_tokenizer
-from diffusers_mv3d.training.train_foundation import FoundationTrainConfig, build_unet
-from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig, build_branch_from_unet
 
 # sampling levers: name -> pipeline-call arguments (the first is the paper's full-cost sampling)
 LEVERS = {
@@ -56,8 +57,8 @@ def _pipeline(unet, text_hidden_size: int, text_layers: int, text_heads: int) ->
     """``unet`` frozen, a fresh branch built from it as training builds it, a small text encoder."""
     tokenizer = train_word_tokenizer(["a red chair with armrests"])
     text_encoder = build_text_encoder(tokenizer, text_hidden_size, text_layers, text_heads)
-    channels = unet.config.in_channels
-    controlnet, neus = build_branch_from_unet(unet, channels, channels != 3, TuneMV3DTrainConfig())
+    tune, channels = TuneMV3DTrainConfig(), unet.config.in_channels
+    controlnet, neus = build_branch_from_unet(unet, channels, channels != 3, tune, tune.seed)
     scheduler = ConsistencyGuidanceScheduler.wrap(DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
     pipe = TuneMV3DPipeline(unet, controlnet, neus, scheduler, text_encoder, tokenizer)
     for module in pipe.components.values():

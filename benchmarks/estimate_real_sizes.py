@@ -17,7 +17,8 @@ from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusers_mv3d.cameras import default_cameras
-from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig, build_branch_from_unet
+from diffusers_mv3d.training.branch import build_branch_from_unet
+from diffusers_mv3d.training.commands import TuneMV3DTrainConfig
 
 # published UNet configs (unet/config.json of stable-diffusion-v1-5 and stabilityai/stable-diffusion-2-1)
 SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -68,7 +69,7 @@ def main():
             unet = UNet2DConditionModel(**config)
         cfg = TuneMV3DTrainConfig()
         with torch.device("meta"):
-            controlnet, neus = build_branch_from_unet(unet, unet.config.in_channels, unet.config.in_channels == 4, cfg)
+            controlnet, neus = build_branch_from_unet(unet, unet.config.in_channels, unet.config.in_channels == 4, cfg, cfg.seed)
         text_dim = unet.config.encoder_hid_dim or unet.config.cross_attention_dim
         f = step_flops(unet, controlnet, neus, args.views, text_dim, tokens)
         params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6

@@ -24,6 +24,7 @@ from ..cameras import Cameras, default_cameras
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..models.views import fold_views, unfold_views
+from ..sampling import classifier_free_guidance, sample
 from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
 
 EXAMPLE_DOC_STRING = """
@@ -430,61 +431,66 @@ class TuneMV3DPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = self._clamp_references(latents.to(device=device, dtype=dtype), reference_index, reference_latents)
 
-        # 7. Denoising loop: all views of all objects in one batch (a step's fresh noise, eta > 0, comes
-        # from each object's generator for all its views)
+        # 7. Denoising loop (the project's one sampling loop, :func:`~diffusers_mv3d.sampling.sample`): all
+        # views of all objects in one batch; a step's fresh noise (eta > 0) comes from each object's
+        # generator for all its views
         step_generator = [g for g in generator for _ in range(num_views)] if isinstance(generator, list) else generator
         neus_generator = generator[0] if isinstance(generator, list) else generator  # jitter in train mode only
         self._num_timesteps = len(timesteps)
-        neus_output = None
+        neus_render = {}  # the latest NeuS output, reused between renders
+
+        def predict(folded_input, t, i):
+            # 7.1 per-view timesteps: reference views are clean, at t = 0
+            view_t = torch.full((batch, num_views), int(t), device=device, dtype=torch.long)
+            view_t[:, reference_index] = 0
+            model_input = self._clamp_references(unfold_views(folded_input, num_views), reference_index, reference_latents)
+
+            # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3),
+            # every ``neus_interval`` steps (reused in between)
+            if neus_render.get("output") is None or i % neus_interval == 0:
+                neus_render["output"] = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
+            neus_output = neus_render["output"]
+
+            # 7.3 branch + frozen UNet, with classifier-free guidance on the text
+            doubled = torch.cat([model_input] * 2) if do_cfg else model_input
+            doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
+            noise = self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs,
+                                       share_branch=share_branch and do_cfg)
+            uncond, cond = noise.chunk(2) if do_cfg else (None, noise)
+
+            # 7.4 consistency guidance (§3.3): the same step without the NeuS condition, applied by the
+            # scheduler's step (eq. 4); a shared branch reruns the conditional half only and reuses the
+            # unconditional prediction
+            noise_without_neus = None
+            if i in consistency_steps and share_branch and do_cfg:
+                cond_without_neus = self.predict_noise(model_input, view_t, prompt_embeds, space_cameras, None,
+                                                       cross_attention_kwargs)
+                noise_without_neus = self._guide_text(uncond, cond_without_neus)
+            elif i in consistency_steps:
+                noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs)
+                noise_without_neus = self._guide_text(*noise_without_neus.chunk(2)) if do_cfg else noise_without_neus
+            noise = self._guide_text(uncond, cond) if do_cfg else cond
+            step_arguments = dict(
+                model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
+                consistency_scale=consistency_scale,
+            )
+            return fold_views(noise), step_arguments
+
         with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                # 7.1 per-view timesteps: reference views are clean, at t = 0
-                view_t = torch.full((batch, num_views), int(t), device=device, dtype=torch.long)
-                view_t[:, reference_index] = 0
-                model_input = self._clamp_references(self.scheduler.scale_model_input(latents, t), reference_index, reference_latents)
 
-                # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3),
-                # every ``neus_interval`` steps (reused in between)
-                if neus_output is None or i % neus_interval == 0:
-                    neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
-
-                # 7.3 branch + frozen UNet, with classifier-free guidance on the text
-                doubled = torch.cat([model_input] * 2) if do_cfg else model_input
-                doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
-                noise = self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs,
-                                           share_branch=share_branch and do_cfg)
-                uncond, cond = noise.chunk(2) if do_cfg else (None, noise)
-
-                # 7.4 consistency guidance (§3.3): the same step without the NeuS condition; a shared
-                # branch reruns the conditional half only and reuses the unconditional prediction
-                noise_without_neus = None
-                if i in consistency_steps and share_branch and do_cfg:
-                    cond_without_neus = self.predict_noise(model_input, view_t, prompt_embeds, space_cameras, None,
-                                                           cross_attention_kwargs)
-                    noise_without_neus = self._guide_text(uncond, cond_without_neus)
-                elif i in consistency_steps:
-                    noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs)
-                    noise_without_neus = self._guide_text(*noise_without_neus.chunk(2)) if do_cfg else noise_without_neus
-                noise = self._guide_text(uncond, cond) if do_cfg else cond
-
-                # 7.5 scheduler step for every view (eq. 4 inside on consistency steps), references re-clamped
-                latents = self.scheduler.step(
-                    fold_views(noise),
-                    t,
-                    fold_views(latents),
-                    model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
-                    consistency_scale=consistency_scale,
-                    eta=eta,
-                    generator=step_generator,
-                ).prev_sample
-                latents = self._clamp_references(unfold_views(latents, num_views), reference_index, reference_latents)
-
+            def on_step_end(i, t, folded):
+                # 7.5 references re-clamped after every step, then the user's callback
+                latents = self._clamp_references(unfold_views(folded, num_views), reference_index, reference_latents)
                 if callback_on_step_end is not None:
                     available = {"latents": latents}
                     callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                    outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = outputs.pop("latents", latents)
+                    latents = callback_on_step_end(self, i, t, callback_kwargs).pop("latents", latents)
                 progress_bar.update()
+                return fold_views(latents)
+
+            folded = sample(self.scheduler, fold_views(latents), predict, eta=eta, generator=step_generator,
+                            on_step_end=on_step_end)
+        latents = unfold_views(folded, num_views)
 
         # 8. Decode, mesh, post-process
         mesh = self._reconstruct_meshes(latents, image_cameras, mesh_resolution) if return_mesh else None
@@ -505,8 +511,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return latents
 
     def _guide_text(self, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Classifier-free guidance at the current ``guidance_scale``."""
-        return uncond + self._guidance_scale * (cond - uncond)
+        """Classifier-free guidance at the current ``guidance_scale`` (a step-end callback may change it)."""
+        return classifier_free_guidance(torch.cat([uncond, cond]), self._guidance_scale)
 
     def _views_in_unit_range(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, V, C, h, w]`` latents -> ``[B*V, 3, H, W]`` images in [0, 1]."""

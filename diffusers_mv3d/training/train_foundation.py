@@ -67,7 +67,7 @@ from .runner import (
 from .settings import RunSettings, setting_check
 from .text import build_text_encoder, train_word_tokenizer
 
-__all__ = ["FoundationTrainConfig", "add_parser", "build_unet", "main", "validation_samples"]
+__all__ = ["FoundationTrainConfig", "add_parser", "main", "validation_samples"]
 
 
 # ----------------------------------------------------------------------------------------------
