@@ -136,8 +136,8 @@ def test_ablation_contexts_change_the_output_and_restore_the_pipeline(context):
 def test_without_neus_feeds_the_branch_no_neus_output():
     pipe = tiny_pipeline()
     seen = []
-    original = pipe.predict_noise
-    pipe.predict_noise = lambda *args, **kwargs: seen.append(args[4] if len(args) > 4 else kwargs.get("neus_output")) or original(*args, **kwargs)
+    original = pipe.branch_residuals
+    pipe.branch_residuals = lambda *args, **kwargs: seen.append(args[4] if len(args) > 4 else kwargs.get("neus_output")) or original(*args, **kwargs)
     with without_neus(pipe):
         run_pipe(pipe, consistency_ratio=0.0)
     assert seen and all(s is None for s in seen)

@@ -352,8 +352,9 @@ def test_shared_branch_runs_the_branch_on_the_conditional_half_only(pipe):
         for handle in handles:
             handle.remove()
     views = 4
-    # a step: branch on 1 object (not 2 CFG halves) + UNet on 2V views; the consistency pass: 1 object, V views
-    assert shared == ([1, 1] * STEPS, [2 * views, views] * STEPS)
+    # a consistency step, shared: the branch on 1 object (not 2 CFG halves) with and without NeuS, then one
+    # UNet batch of the unconditional, conditional and NeuS-free conditional views
+    assert shared == ([1, 1] * STEPS, [3 * views] * STEPS)
     assert full == ([2, 2] * STEPS, [2 * views, 2 * views] * STEPS)
 
 

@@ -79,7 +79,7 @@ def without_neus(pipe) -> Iterator[Any]:
 
     Inside the block ``pipe.neus(...)`` returns ``None`` (an instance attribute ``forward`` shadows
     the class's, which ``nn.Module.__call__`` calls), so every denoising step calls
-    ``predict_noise(..., neus_output=None)``: the branch sees neither the NeuS render nor the sample
+    ``branch_residuals(..., neus_output=None)``: the branch sees neither the NeuS render nor the sample
     points, exactly the "without NeuS" pass of consistency guidance (§3.3), and the NeuS costs
     nothing. Call the pipeline with ``consistency_ratio=0`` inside it (guidance against the same
     prediction would be a no-op). ``neus.encode`` (meshes) is untouched. A ``forward`` already set on

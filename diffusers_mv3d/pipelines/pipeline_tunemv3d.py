@@ -285,32 +285,32 @@ class TuneMV3DPipeline(DiffusionPipeline):
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
     # ------------------------------------------------------------------ one denoiser evaluation
-    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None,
-                      share_branch: bool = False) -> torch.Tensor:
+    def predict_noise(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None) -> torch.Tensor:
         """Branch + frozen UNet on the folded views; ``neus_output=None`` drops the NeuS (§3.3).
 
         ``latents [B, V, C, h, w]``, ``timesteps [B, V]``, ``text [B, L, D]``; with classifier-free
-        guidance ``B`` is twice the number of objects (unconditional half first) and ``neus_output``
-        covers one half. ``share_branch`` (with guidance): the branch runs on the conditional half
-        only and its residuals serve both halves of the UNet batch (half the branch's cost).
+        guidance ``B`` is twice the number of objects and ``neus_output`` covers one half.
         ``cross_attention_kwargs`` go to the attention processors of the branch and the UNet.
         """
-        branch_latents, branch_t, branch_text = latents, timesteps, text
-        if share_branch:
-            half = latents.shape[0] // 2
-            branch_latents, branch_t, branch_text = latents[half:], timesteps[half:], text[half:]
+        down, mid = self.branch_residuals(latents, timesteps, text, cameras, neus_output, cross_attention_kwargs)
+        return self.unet_noise(latents, timesteps, text, down, mid, cross_attention_kwargs)
+
+    def branch_residuals(self, latents, timesteps, text, cameras, neus_output=None, cross_attention_kwargs=None):
+        """The branch's residuals ``(down, mid)`` for the folded views of ``latents [B, V, C, h, w]``
+        (``neus_output`` covering ``B`` or a divisor of it; ``None`` drops the NeuS condition, §3.3)."""
         branch_inputs = {}
         if neus_output is not None:
-            repeat = branch_latents.shape[0] // neus_output.x0.shape[0]
+            repeat = latents.shape[0] // neus_output.x0.shape[0]
             branch_inputs = dict(
                 neus_render=neus_output.x0.repeat(repeat, 1, 1, 1, 1),
                 sample_points=neus_output.sample_points.repeat(repeat, 1, 1, 1, 1),
                 sample_weights=neus_output.sample_weights.repeat(repeat, 1, 1, 1),
             )
-        down, mid = self.controlnet(branch_latents, branch_t, branch_text, cameras, return_dict=False,
-                                    cross_attention_kwargs=cross_attention_kwargs, **branch_inputs)
-        if share_branch:
-            down, mid = tuple(torch.cat([d, d]) for d in down), torch.cat([mid, mid])
+        return self.controlnet(latents, timesteps, text, cameras, return_dict=False,
+                               cross_attention_kwargs=cross_attention_kwargs, **branch_inputs)
+
+    def unet_noise(self, latents, timesteps, text, down, mid, cross_attention_kwargs=None) -> torch.Tensor:
+        """The frozen UNet's prediction ``[B, V, C, h, w]`` with the branch's residuals added to its skips."""
         num_views = latents.shape[1]
         noise = self.unet(
             fold_views(latents),
@@ -321,6 +321,29 @@ class TuneMV3DPipeline(DiffusionPipeline):
             cross_attention_kwargs=cross_attention_kwargs,
         ).sample
         return unfold_views(noise[:, : latents.shape[2]], num_views)  # drop a learned variance (IF)
+
+    def _shared_branch_noise(self, latents, timesteps, prompt_embeds, negative_prompt_embeds, cameras, neus_output,
+                             consistency_step: bool, cross_attention_kwargs=None):
+        """Guidance halves and consistency pass with one branch run per pass, on the conditional views.
+
+        The branch sees the conditional text only and its residuals serve the unconditional views too;
+        on a consistency step a second branch run without the NeuS gives the conditional views' NeuS-free
+        prediction. All UNet passes are one batch: ``[uncond, cond(, cond without NeuS)]``.
+
+        Returns ``(uncond, cond, cond_without_neus or None)``, each ``[B, V, C, h, w]``.
+        """
+        passes = [neus_output, None] if consistency_step else [neus_output]
+        residuals = [self.branch_residuals(latents, timesteps, prompt_embeds, cameras, output, cross_attention_kwargs)
+                     for output in passes]
+        per_part = [residuals[0]] + residuals  # the unconditional views share the conditional residuals
+        down = tuple(torch.cat(parts) for parts in zip(*(downs for downs, _ in per_part)))
+        mid = torch.cat([mids for _, mids in per_part])
+        parts = len(per_part)
+        text = torch.cat([negative_prompt_embeds] + [prompt_embeds] * (parts - 1))
+        noise = self.unet_noise(torch.cat([latents] * parts), torch.cat([timesteps] * parts), text, down, mid,
+                                cross_attention_kwargs)
+        uncond, cond, *without_neus = noise.chunk(parts)
+        return uncond, cond, (without_neus[0] if without_neus else None)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -451,25 +474,28 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 neus_render["output"] = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
             neus_output = neus_render["output"]
 
-            # 7.3 branch + frozen UNet, with classifier-free guidance on the text
-            doubled = torch.cat([model_input] * 2) if do_cfg else model_input
-            doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
-            noise = self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs,
-                                       share_branch=share_branch and do_cfg)
-            uncond, cond = noise.chunk(2) if do_cfg else (None, noise)
-
-            # 7.4 consistency guidance (§3.3): the same step without the NeuS condition, applied by the
-            # scheduler's step (eq. 4); a shared branch reruns the conditional half only and reuses the
-            # unconditional prediction
+            # 7.3 branch + frozen UNet, with classifier-free guidance on the text, and 7.4 consistency
+            # guidance (§3.3): the same step without the NeuS condition (eq. 4 is applied by the
+            # scheduler's step)
+            consistency_step = i in consistency_steps
             noise_without_neus = None
-            if i in consistency_steps and share_branch and do_cfg:
-                cond_without_neus = self.predict_noise(model_input, view_t, prompt_embeds, space_cameras, None,
-                                                       cross_attention_kwargs)
-                noise_without_neus = self._guide_text(uncond, cond_without_neus)
-            elif i in consistency_steps:
-                noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None, cross_attention_kwargs)
-                noise_without_neus = self._guide_text(*noise_without_neus.chunk(2)) if do_cfg else noise_without_neus
-            noise = self._guide_text(uncond, cond) if do_cfg else cond
+            if share_branch and do_cfg:
+                uncond, cond, cond_without_neus = self._shared_branch_noise(
+                    model_input, view_t, prompt_embeds, negative_prompt_embeds, space_cameras, neus_output,
+                    consistency_step, cross_attention_kwargs)
+                if consistency_step:
+                    noise_without_neus = self._guide_text(uncond, cond_without_neus)
+                noise = self._guide_text(uncond, cond)
+            else:
+                doubled = torch.cat([model_input] * 2) if do_cfg else model_input
+                doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
+                noise = self.predict_noise(doubled, doubled_t, text, space_cameras, neus_output, cross_attention_kwargs)
+                if consistency_step:
+                    noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None,
+                                                            cross_attention_kwargs)
+                if do_cfg:
+                    noise = self._guide_text(*noise.chunk(2))
+                    noise_without_neus = None if noise_without_neus is None else self._guide_text(*noise_without_neus.chunk(2))
             step_arguments = dict(
                 model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
                 consistency_scale=consistency_scale,
