@@ -3,7 +3,7 @@
 - :class:`NeuSSettings`: the ``neus_*`` settings of a :class:`LatentSparseNeuS` (one spelling, used by
   ``train`` and ``train-reconstructor``); :class:`BranchSettings` adds the multi-view ControlNet's
   (geometry-aware attention, condition embedding) and the NeuS render size. A fresh pipeline
-  (:func:`diffusers_mv3d.conversion.fresh_branch`) and ``diffusers-mv3d train`` start from the same
+  (:func:`diffusers_mv3d.assembly.fresh_branch`) and ``diffusers-mv3d train`` start from the same
   :func:`build_branch_from_unet` with the same settings.
 - :class:`TuneMV3DBranch`: ``controlnet`` + ``neus`` as one module (what DDP wraps): NeuS encode once,
   full render of the inputs, ray subset of the supervision views, branch residuals.
