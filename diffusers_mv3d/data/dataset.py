@@ -39,7 +39,33 @@ def _evenly_spaced(count: int, total: int) -> List[int]:
     return [int(i * total // count) for i in range(count)]
 
 
-class MultiViewDataset(Dataset):
+class _SkippingDataset(Dataset):
+    """What both datasets do with a bad folder, file or line (an :class:`ObjectFolderError`): raise it, or
+    with ``skip_invalid`` warn and go on (at load time: with the next item). A subclass keeps its items
+    in ``entries`` and reads one with ``_load(entry)``."""
+
+    entry_kind = "item"
+    """What an entry is, in the warnings and errors."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Dict:
+        for attempt in range(len(self)):
+            try:
+                return self._load(self.entries[(index + attempt) % len(self)])
+            except ObjectFolderError as error:
+                self._skip_or_raise(error)
+        raise ValueError(f"no {self.entry_kind} of {self.root} could be read")
+
+    def _skip_or_raise(self, error: ObjectFolderError) -> None:
+        """Raise ``error`` unless ``skip_invalid``, in which case warn with it."""
+        if not self.skip_invalid:
+            raise error
+        warnings.warn(f"skipping invalid {self.entry_kind}: {error}")
+
+
+class MultiViewDataset(_SkippingDataset):
     """Multi-view objects for 3D tuning: input views, supervision views, their cameras and a caption.
 
     Args:
@@ -61,6 +87,12 @@ class MultiViewDataset(Dataset):
     ``[V_sup, 3, H, W]``, ``supervision_masks`` ``[V_sup, 1, H, W]``, ``supervision_cameras`` Cameras
     ``[V_sup]``, ``caption`` str, ``object_id`` str (the folder name).
     """
+
+    entry_kind = "object"
+
+    @property
+    def entries(self) -> List[ObjectFolder]:
+        return self.objects
 
     def __init__(
         self,
@@ -96,12 +128,6 @@ class MultiViewDataset(Dataset):
         if not self.objects:
             raise ValueError(f"root holds no valid object folders: {root}")
 
-    def _skip_or_raise(self, error: ObjectFolderError) -> None:
-        """Raise ``error`` unless ``skip_invalid``, in which case warn with it."""
-        if not self.skip_invalid:
-            raise error
-        warnings.warn(f"skipping invalid object: {error}")
-
     def _view_indices(self, folder: ObjectFolder):
         """(input view indices, supervision view indices) of ``folder``, checked against its view count."""
         fixed = folder.num_input_views if folder.kind == "multiview" else self.num_input_views
@@ -115,9 +141,6 @@ class MultiViewDataset(Dataset):
                 f"has {folder.num_views} views: too few for {fixed} inputs + {self.num_supervision_views} supervision views",
             )
         return inputs, supervision
-
-    def __len__(self) -> int:
-        return len(self.objects)
 
     def _cameras(self, folder: ObjectFolder, views: Sequence[int], height: int, width: int) -> Cameras:
         """Cameras of ``views`` for the stored image size, rescaled to ``self.resolution``."""
@@ -149,15 +172,6 @@ class MultiViewDataset(Dataset):
             "object_id": os.path.basename(folder.path),
         }
 
-    def __getitem__(self, index: int) -> Dict:
-        for attempt in range(len(self)):
-            folder = self.objects[(index + attempt) % len(self)]
-            try:
-                return self._load(folder)
-            except ObjectFolderError as error:
-                self._skip_or_raise(error)
-        raise ValueError(f"no object of {self.root} could be read")
-
 
 def collate_multiview(items: Sequence[Dict]) -> Dict:
     """Batch :class:`MultiViewDataset` items: tensors stacked to ``[B, V, ...]``, cameras to batch
@@ -182,7 +196,7 @@ def collate_multiview(items: Sequence[Dict]) -> Dict:
     return batch
 
 
-class ImageTextDataset(Dataset):
+class ImageTextDataset(_SkippingDataset):
     """2D foundation data: an imagefolder-style ``root/metadata.jsonl`` plus its images.
 
     Each line of ``metadata.jsonl`` is ``{"file_name": "images/000000.png", "text": caption,
@@ -198,6 +212,12 @@ class ImageTextDataset(Dataset):
 
     Items are dicts: ``pixel_values`` ``[3, H, W]`` in [-1, 1], ``caption``, ``category``, ``colour``.
     """
+
+    entry_kind = "image"
+
+    @property
+    def entries(self) -> List[Dict]:
+        return self.records
 
     def __init__(self, root: str, resolution: Optional[int] = None, skip_invalid: bool = False):
         if resolution is not None and resolution < 1:
@@ -218,12 +238,6 @@ class ImageTextDataset(Dataset):
         if not self.records:
             raise ValueError(f"{metadata} lists no valid images")
 
-    def _skip_or_raise(self, error: ObjectFolderError) -> None:
-        """Raise ``error`` unless ``skip_invalid``, in which case warn with it."""
-        if not self.skip_invalid:
-            raise error
-        warnings.warn(f"skipping invalid image: {error}")
-
     def _check_record(self, line: str, where: str) -> Dict:
         """One parsed, checked line of metadata.jsonl (``where`` names it in errors)."""
         try:
@@ -235,9 +249,6 @@ class ImageTextDataset(Dataset):
         if not os.path.isfile(os.path.join(self.root, record["file_name"])):
             raise ObjectFolderError(os.path.join(self.root, record["file_name"]), f"missing (listed at {where})")
         return record
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def _load(self, record: Dict) -> Dict:
         """Decode one image as ``[3, H, W]`` in [-1, 1] over white."""
@@ -254,11 +265,3 @@ class ImageTextDataset(Dataset):
             "category": record.get("category", ""),
             "colour": record.get("colour", ""),
         }
-
-    def __getitem__(self, index: int) -> Dict:
-        for attempt in range(len(self)):
-            try:
-                return self._load(self.records[(index + attempt) % len(self)])
-            except ObjectFolderError as error:
-                self._skip_or_raise(error)
-        raise ValueError(f"no image of {self.root} could be read")

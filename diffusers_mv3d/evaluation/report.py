@@ -119,7 +119,7 @@ def write_results(results: Dict[str, Any], markdown_path: str, json_path: str, c
 def update_model_card(readme_path: str, report: str) -> None:
     """Put ``report`` (:func:`markdown_report`) into a pipeline folder's README.md model card as its
     ``## Quality`` section (headings one level down), replacing the section a previous run wrote; a
-    new section goes before ``## How it was made`` (the card of ``conversion/assemble_pipeline.py``),
+    new section goes before ``## How it was made`` (the card of ``scripts/assemble_pipeline.py``),
     else at the end. Written atomically."""
     path = Path(readme_path)
     if not path.is_file():

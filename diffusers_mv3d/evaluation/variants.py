@@ -35,10 +35,10 @@ def _resolve_device(device: str) -> torch.device:
 
 def load_pipeline(model: str, device: str = "cpu", flag: str = "--model"):
     """A :class:`TuneMV3DPipeline` from a pipeline folder or Hub id; a text-to-image folder without
-    ``controlnet/`` is assembled with a fresh branch (:func:`~diffusers_mv3d.conversion.assemble_pipeline`;
+    ``controlnet/`` is assembled with a fresh branch (:func:`~diffusers_mv3d.assembly.assemble_pipeline`;
     it adds zero, so every branch variant then samples as the foundation does). Returns
     ``(pipe, fresh_branch)``."""
-    from ..conversion import assemble_pipeline
+    from ..assembly import assemble_pipeline
     from ..pipelines import TuneMV3DPipeline
 
     if os.path.isdir(model) and not os.path.isdir(os.path.join(model, "controlnet")):

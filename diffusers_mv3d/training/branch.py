@@ -1,9 +1,10 @@
 """The trained part of TuneMV3D: its settings, a fresh branch, and one training step's forward.
 
 - :class:`NeuSSettings`: the ``neus_*`` settings of a :class:`LatentSparseNeuS` (one spelling, used by
-  ``train`` and ``train-reconstructor``); :class:`BranchSettings` adds the multi-view ControlNet's
+  ``train`` and ``train-reconstructor``), :class:`NeuSSupervisionSettings` what supervises its renders
+  in both; :class:`BranchSettings` adds the multi-view ControlNet's
   (geometry-aware attention, condition embedding) and the NeuS render size. A fresh pipeline
-  (:func:`diffusers_mv3d.conversion.fresh_branch`) and ``diffusers-mv3d train`` start from the same
+  (:func:`diffusers_mv3d.assembly.fresh_branch`) and ``diffusers-mv3d train`` start from the same
   :func:`build_branch_from_unet` with the same settings.
 - :class:`TuneMV3DBranch`: ``controlnet`` + ``neus`` as one module (what DDP wraps): NeuS encode once,
   full render of the inputs, ray subset of the supervision views, branch residuals.
@@ -15,22 +16,13 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .config import flag_name
-from .settings import setting_check
+from .settings import SettingChecks
 
-__all__ = ["BranchSettings", "NeuSSettings", "TuneMV3DBranch", "build_branch_from_unet", "build_neus"]
-
-
-class _CooperativeChecks:
-    """Lets a settings mixin's ``__post_init__`` run the next class's checks when there is one."""
-
-    def __post_init__(self) -> None:
-        following = getattr(super(), "__post_init__", None)
-        if following is not None:
-            following()
+__all__ = ["BranchSettings", "NeuSSettings", "NeuSSupervisionSettings", "TuneMV3DBranch", "build_branch_from_unet", "build_neus"]
 
 
 @dataclass
-class NeuSSettings(_CooperativeChecks):
+class NeuSSettings(SettingChecks):
     """The shape and cost of a :class:`LatentSparseNeuS` (its config is saved with the weights)."""
 
     neus_num_coarse_samples: int = 16
@@ -56,13 +48,10 @@ class NeuSSettings(_CooperativeChecks):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        check(self.neus_num_coarse_samples >= 2, "neus_num_coarse_samples", "must be >= 2")
-        check(self.neus_num_importance_samples >= 0, "neus_num_importance_samples", "must be >= 0")
-        for name in ("neus_feature_channels", "neus_encoder_channels", "neus_encoder_downsample", "neus_hidden_dim",
-                     "neus_num_sdf_layers", "neus_num_color_layers", "neus_chunk_size"):
-            check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(self.neus_num_frequencies >= 0, "neus_num_frequencies", "must be >= 0")
+        self.check_at_least({"neus_num_coarse_samples": 2, "neus_num_importance_samples": 0, "neus_feature_channels": 1,
+                              "neus_encoder_channels": 1, "neus_encoder_downsample": 1, "neus_hidden_dim": 1,
+                              "neus_num_sdf_layers": 1, "neus_num_color_layers": 1, "neus_num_frequencies": 0,
+                              "neus_chunk_size": 1})
 
     def neus_arguments(self) -> Dict[str, int]:
         """The :class:`LatentSparseNeuS` arguments these settings fix."""
@@ -73,6 +62,20 @@ NEUS_SETTINGS = tuple(f"neus_{name}" for name in (
     "feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers", "num_color_layers",
     "num_frequencies", "num_coarse_samples", "num_importance_samples", "chunk_size"))
 """The :class:`NeuSSettings` fields, as ``neus_`` + the :class:`LatentSparseNeuS` argument."""
+
+
+@dataclass
+class NeuSSupervisionSettings(SettingChecks):
+    """What supervises NeuS renders beyond the input views' colours (``train`` and ``train-reconstructor``)."""
+
+    num_supervision_views: int = 8
+    """Further views an object that only supervise the NeuS renders (novel views, rendered at a subset of rays)."""
+    mask_loss_weight: float = 0.1
+    """Weight of the BCE between the rendered opacity and the object masks."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_at_least({"num_supervision_views": 0, "mask_loss_weight": 0})
 
 
 @dataclass
@@ -94,17 +97,13 @@ class BranchSettings(NeuSSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        self.geometry_attention_levels = tuple(self.geometry_attention_levels)
-        self.conditioning_channels = tuple(self.conditioning_channels)
-        check(self.neus_render_resolution >= 0, "neus_render_resolution", "must be >= 0")
-        check(all(level >= 0 for level in self.geometry_attention_levels), "geometry_attention_levels",
+        self.check(all(level >= 0 for level in self.geometry_attention_levels), "geometry_attention_levels",
               "must be down-block indices >= 0")
-        check(self.geometry_attention_heads >= 1, "geometry_attention_heads", "must be >= 1")
-        check(self.geometry_attention_neighbourhood >= 1 and self.geometry_attention_neighbourhood % 2 == 1,
+        self.check(self.geometry_attention_neighbourhood >= 1 and self.geometry_attention_neighbourhood % 2 == 1,
               "geometry_attention_neighbourhood", "must be odd and >= 1")
-        check(self.geometry_attention_samples >= 1, "geometry_attention_samples", "must be >= 1")
-        check(len(self.conditioning_channels) >= 1 and all(c > 0 for c in self.conditioning_channels),
+        self.check_at_least({"neus_render_resolution": 0, "geometry_attention_heads": 1,
+                              "geometry_attention_samples": 1})
+        self.check(len(self.conditioning_channels) >= 1 and all(c > 0 for c in self.conditioning_channels),
               "conditioning_channels", "must be positive channel counts")
 
 

@@ -7,6 +7,7 @@ continues exactly where the checkpoint left off: :func:`global_batch_indices` pi
 """
 
 import math
+from contextlib import contextmanager
 import sys
 from typing import Callable, Iterator, List, Type
 
@@ -17,6 +18,7 @@ from .config import add_dataclass_arguments, resolve_or_exit
 __all__ = [
     "StepBatchSampler",
     "add_trainer_parser",
+    "eval_mode",
     "final_step",
     "global_batch_indices",
     "run_trainer",
@@ -60,6 +62,17 @@ class StepBatchSampler(torch.utils.data.Sampler):
         for step in range(self.start_step, self.end_step):
             batch = global_batch_indices(step, self.batch_size, self.num_items, self.seed)
             yield batch[self.process_index :: self.num_processes]
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run a block with ``module.eval()`` (validation), then put back the train/eval mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
@@ -146,11 +159,8 @@ def run_trainer(command: str, config_class: Type, main: Callable, args) -> int:
     return 0
 
 
-def script_main(command: str, prog: str, add_parser: Callable) -> int:
-    """``python -m diffusers_mv3d.training.<trainer> FLAGS``: the sub-command without the ``diffusers-mv3d`` CLI."""
-    import argparse
+def script_main(command: str) -> int:
+    """``python -m diffusers_mv3d.training.<trainer> FLAGS``: ``diffusers-mv3d <command> FLAGS``."""
+    from ..cli import main
 
-    parser = argparse.ArgumentParser(prog=prog)
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([command, *sys.argv[1:]])
-    return args.func(args)
+    return main([command, *sys.argv[1:]])

@@ -30,6 +30,7 @@ from .checkpointing import (
     load_training_checkpoint,
     peak_rss_mb,
     prune_checkpoints,
+    resolve_resume,
     save_training_checkpoint,
     weights_sha256,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "prepare_training",
     "reduce_mean",
     "run_paths",
+    "start_multiview_run",
     "start_run",
     "train_loop",
     "write_checkpoint",
@@ -139,6 +141,15 @@ def load_multiview_dataset(cfg):
         raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
                          "`diffusers-mv3d render --split objects3d --out DIR`)")
     return MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+
+
+def start_multiview_run(cfg) -> Tuple[object, Path, object, Optional[Path]]:
+    """The start every trainer on multi-view objects shares: ``(accelerator, log_path, dataset, resume_from)``
+    (:func:`start_run`, :func:`run_paths`, :func:`load_multiview_dataset`,
+    :func:`~diffusers_mv3d.training.checkpointing.resolve_resume`; ``resume_from`` is None for a fresh start)."""
+    accelerator = start_run(cfg)
+    _, _, log_path = run_paths(cfg)
+    return accelerator, log_path, load_multiview_dataset(cfg), resolve_resume(cfg)
 
 
 def load_foundation_for(cfg, device: torch.device) -> Foundation:

@@ -3,36 +3,53 @@
 :class:`RunSettings` holds what the runner (:mod:`.runner`) reads: data and output folders, the
 optimisation, checkpoints, stopping, validation and logging. :class:`MultiViewRunSettings` adds what
 the trainers on multi-view objects (``train``, ``train-baseline``, ``train-reconstructor``) have on
-top: views an object, the LR schedule's shape and the Hub upload; :class:`FoundationTuningSettings`
-what the two that tune a frozen foundation (``train``, ``train-baseline``) add: the foundation, caption
-dropout and the validation grid's noise levels and sampled row. A trainer redeclares a field only to
+top: views an object, the LR schedule's shape and the Hub upload; :class:`GuidedRunSettings` what the
+trainers of a text-conditioned model (``train-foundation``, ``train``, ``train-baseline``) add: caption
+dropout and the validation samples' DDIM steps and guidance scale; :class:`FoundationTuningSettings`
+what the two that tune a frozen foundation (``train``, ``train-baseline``) add: the foundation and the
+validation grid's noise levels. A trainer redeclares a field only to
 change its default (and then gives it its own docstring). Flags, ``--config`` files and ``--dry-run``
 come from the fields (:mod:`.config`); the base fields come first, then the trainer's own.
 
 Every ``__post_init__`` checks its own fields and raises ``ValueError`` naming the flag
-(:func:`setting_check`); a subclass calls ``super().__post_init__()`` first.
+(:meth:`SettingChecks.check`, :meth:`SettingChecks.check_at_least`); a subclass calls
+``super().__post_init__()`` first.
 """
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 from .config import config_to_dict, flag_name
 
-__all__ = ["FoundationTuningSettings", "MultiViewRunSettings", "RunSettings", "setting_check"]
+__all__ = ["FoundationTuningSettings", "GuidedRunSettings", "MultiViewRunSettings", "RunSettings", "SettingChecks"]
 
 
-def setting_check(cfg) -> Callable[[bool, str, str], None]:
-    """``check(ok, field, requirement)``: raises ``ValueError("--field requirement, got value")`` when not ``ok``."""
+class SettingChecks:
+    """What every settings class shares: a cooperative ``__post_init__`` (a class's checks run after its
+    bases'), lists given for tuple fields (YAML, callers) made tuples, and checks that raise
+    ``ValueError("--field requirement, got value")``."""
 
-    def check(ok: bool, field: str, requirement: str) -> None:
+    def __post_init__(self) -> None:
+        following = getattr(super(), "__post_init__", None)
+        if following is not None:
+            following()
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+
+    def check(self, ok: bool, field: str, requirement: str) -> None:
+        """Raise ``ValueError("--field requirement, got value")`` when not ``ok``."""
         if not ok:
-            raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(cfg, field)!r}")
+            raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
 
-    return check
+    def check_at_least(self, minimums: Dict[str, int]) -> None:
+        """For each ``field -> minimum``: :meth:`check` that the field is ``>= minimum``."""
+        for name, minimum in minimums.items():
+            self.check(getattr(self, name) >= minimum, name, f"must be >= {minimum}")
 
 
 @dataclass
-class RunSettings:
+class RunSettings(SettingChecks):
     """The settings of every trainer (flags are the field names with dashes)."""
 
     model_folder: ClassVar[str] = "model"
@@ -87,26 +104,16 @@ class RunSettings:
     """Append the losses, lr, samples/s, peak RSS and process CPU seconds to log.jsonl every this many steps."""
 
     def __post_init__(self) -> None:
-        check = setting_check(self)
-        check(bool(self.data_dir), "data_dir", "must name a folder")
-        check(bool(self.output_dir), "output_dir", "must name a folder")
-        check(self.resolution > 0, "resolution", "must be > 0")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.max_train_steps > 0, "max_train_steps", "must be > 0")
-        check(self.batch_size > 0, "batch_size", "must be > 0")
-        check(self.learning_rate > 0, "learning_rate", "must be > 0")
-        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
-        check(self.seed >= 0, "seed", "must be >= 0")
-        check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
-        check(self.checkpointing_steps >= 1, "checkpointing_steps", "must be >= 1")
-        check(self.checkpoints_total_limit >= 0, "checkpoints_total_limit", "must be >= 0")
-        check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
-        check(self.stop_at_step >= 0, "stop_at_step", "must be >= 0")
-        check(self.max_minutes >= 0, "max_minutes", "must be >= 0")
-        check(self.validation_steps >= 0, "validation_steps", "must be >= 0")
-        check(self.log_every >= 1, "log_every", "must be >= 1")
+        super().__post_init__()
+        self.check(bool(self.data_dir), "data_dir", "must name a folder")
+        self.check(bool(self.output_dir), "output_dir", "must name a folder")
+        for name in ("resolution", "max_train_steps", "batch_size", "learning_rate", "max_grad_norm"):
+            self.check(getattr(self, name) > 0, name, "must be > 0")
+        self.check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
+        self.check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
+        self.check_at_least({"num_workers": 0, "lr_warmup_steps": 0, "weight_decay": 0, "seed": 0,
+                              "checkpointing_steps": 1, "checkpoints_total_limit": 0, "stop_at_step": 0,
+                              "max_minutes": 0, "validation_steps": 0, "log_every": 1})
 
     def architecture(self) -> Dict[str, object]:
         """The values of :attr:`architecture_settings` (saved with every checkpoint)."""
@@ -131,33 +138,40 @@ class MultiViewRunSettings(RunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
-        check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
+        self.check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
+        self.check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
 
 
 @dataclass
-class FoundationTuningSettings(MultiViewRunSettings):
-    """:class:`MultiViewRunSettings` plus the foundation a run starts from and its validation grid."""
+class GuidedRunSettings(RunSettings):
+    """:class:`RunSettings` plus classifier-free guidance: the caption dropout that trains it and the
+    DDIM steps and guidance scale of the validation samples that show it."""
 
-    pretrained_model: str = "runs/foundation-tiny/pipeline"
-    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
     caption_dropout: float = 0.1
-    """Fraction of captions replaced by "" (classifier-free guidance)."""
-    validation_timesteps: Tuple[int, ...] = (250, 750)
-    """Noise levels of the validation grid: per t, rows of the noisy views and the one-step x0 prediction (and the trainer's own rows)."""
+    """Fraction of captions replaced by "" (learns the unconditional model for classifier-free guidance)."""
     validation_inference_steps: int = 10
     """DDIM steps of the grid's row of views sampled from the validation caption (0 = no such row)."""
     validation_guidance_scale: float = 3.0
-    """Classifier-free guidance scale of the sampled row."""
+    """Classifier-free guidance scale of the validation samples."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        self.validation_timesteps = tuple(self.validation_timesteps)
-        check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
-        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
-        check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
+        self.check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
+        self.check_at_least({"validation_inference_steps": 0, "validation_guidance_scale": 1})
+
+
+@dataclass
+class FoundationTuningSettings(MultiViewRunSettings, GuidedRunSettings):
+    """:class:`MultiViewRunSettings` and :class:`GuidedRunSettings` plus the foundation a run starts from
+    and the validation grid's noise levels."""
+
+    pretrained_model: str = "runs/foundation-tiny/pipeline"
+    """The foundation: a diffusers pipeline folder with unet/, text_encoder/, tokenizer/, scheduler/ (+ vae/ for a latent model)."""
+    validation_timesteps: Tuple[int, ...] = (250, 750)
+    """Noise levels of the validation grid: per t, rows of the noisy views and the one-step x0 prediction (and the trainer's own rows)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
+        self.check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
               "validation_timesteps", "must be one or more timesteps >= 0")
-        check(self.validation_inference_steps >= 0, "validation_inference_steps", "must be >= 0")
-        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")

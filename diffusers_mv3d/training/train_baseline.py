@@ -53,26 +53,23 @@ from ..io_utils import atomic_write_folder
 from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
 from ..sampling import sample_views
-from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, script_main
+from .checkpointing import check_architecture
+from .common import eval_mode, script_main
 from .config import command_line
 from .runner import (
     StepHooks,
     batch_stream,
     finish_run,
     load_foundation_for,
-    load_multiview_dataset,
     prepare_training,
-    run_paths,
-    start_run,
+    start_multiview_run,
     train_loop,
 )
-from .settings import FoundationTuningSettings, setting_check
+from .settings import FoundationTuningSettings
 
 __all__ = [
     "KINDS",
     "BaselineTrainConfig",
-    "add_parser",
     "baseline_losses",
     "build_unet",
     "main",
@@ -103,9 +100,8 @@ class BaselineTrainConfig(FoundationTuningSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        check(self.kind in KINDS, "kind", "must be finetune or mvdream")
-        check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
+        self.check(self.kind in KINDS, "kind", "must be finetune or mvdream")
+        self.check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
               "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")
 
     @property
@@ -246,9 +242,7 @@ def validation_grid(parts: Foundation, item: Dict, cfg: BaselineTrainConfig,
     text = parts.encode_text([item["caption"]]).to(device)
     cameras = camera_embedding(item["cameras"].to(device))[None] if cfg.kind == "mvdream" else None  # 1 V 16
     rows, metrics = [images[0]], {}
-    was_training = unet.training
-    unet.eval()
-    try:
+    with eval_mode(unet):
         if cfg.validation_inference_steps:
             sampled = sample_views(parts, item["caption"], v, item["cameras"], cfg.validation_inference_steps,
                                    cfg.validation_guidance_scale, torch.Generator().manual_seed(cfg.seed))
@@ -261,8 +255,6 @@ def validation_grid(parts: Foundation, item: Dict, cfg: BaselineTrainConfig,
             x0 = predicted_x0(scheduler, x_t, prediction[0], fold_views(t))
             rows += [parts.to_images(x_t), parts.to_images(x0)]
             metrics[f"val_x0_mse_t{int(t[0, 0])}"] = F.mse_loss(x0, clean[0]).item()
-    finally:
-        unet.train(was_training)
     return torch.cat(rows), metrics
 
 
@@ -278,12 +270,9 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     from ..data.dataset import collate_multiview
 
     # 1. Processes, folders, data, the foundation
-    accelerator = start_run(cfg)
+    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
     device = accelerator.device
-    _, _, log_path = run_paths(cfg)
-    dataset = load_multiview_dataset(cfg)
     foundation = load_foundation_for(cfg, device)
-    resume_from = resolve_resume(cfg)
 
     # 2. The trained UNet: fresh (from the foundation's), or the checkpoint's; text encoder (and VAE) stay frozen
     if resume_from is None:
@@ -322,22 +311,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register ``train-baseline`` with the ``diffusers-mv3d`` sub-command parser."""
-    add_trainer_parser(
-        subparsers, "train-baseline",
-        help="train a baseline on the multi-view data: a fully fine-tuned UNet (finetune) or MVDream-style (mvdream)",
-        description=__doc__, config_class=BaselineTrainConfig, main=main,
-    )
-
-
-
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-baseline", "train_baseline", add_parser))
+    sys.exit(script_main("train-baseline"))

@@ -44,7 +44,7 @@ import torch
 from ..sampling import sample_ddim
 from ..threads import torch_threads
 from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, script_main
+from .common import script_main
 from .config import flag_name
 from .diffusion_loss import DiffusionTerms, diffusion_loss
 from .foundation_model import (
@@ -64,10 +64,10 @@ from .runner import (
     start_run,
     train_loop,
 )
-from .settings import RunSettings, setting_check
+from .settings import GuidedRunSettings
 from .text import build_text_encoder, train_word_tokenizer
 
-__all__ = ["FoundationTrainConfig", "add_parser", "main", "validation_samples"]
+__all__ = ["FoundationTrainConfig", "main", "validation_samples"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,9 +76,9 @@ __all__ = ["FoundationTrainConfig", "add_parser", "main", "validation_samples"]
 
 
 @dataclass
-class FoundationTrainConfig(RunSettings):
+class FoundationTrainConfig(GuidedRunSettings):
     """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes): the
-    run's (:class:`RunSettings`), then these."""
+    run's (:class:`GuidedRunSettings`), then these."""
 
     model_folder: ClassVar[str] = "pipeline"
     architecture_settings: ClassVar[tuple] = (
@@ -97,8 +97,6 @@ class FoundationTrainConfig(RunSettings):
     """Linear warm-up steps before the cosine decay to 0."""
     num_threads: int = 0
     """torch.set_num_threads per process; 0 keeps torch's default (all cores). On a busy shared machine 1 can be several times faster than an oversubscribed 2."""
-    caption_dropout: float = 0.1
-    """Fraction of captions replaced by "" (learns the unconditional model for classifier-free guidance)."""
     ema_decay: float = 0.9999
     """Upper bound of the EMA decay (diffusers EMAModel with warm-up)."""
     ema_power: float = 0.75
@@ -147,51 +145,36 @@ class FoundationTrainConfig(RunSettings):
     """Samples per validation prompt (fixed seeds, so grids of different steps compare)."""
     validation_inference_steps: int = 50
     """DDIM steps of the validation samples."""
-    validation_guidance_scale: float = 3.0
-    """Classifier-free guidance scale of the validation samples."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        self.block_out_channels = tuple(self.block_out_channels)
-        self.validation_prompts = tuple(self.validation_prompts)
         levels = len(self.block_out_channels)
-        check(self.num_threads >= 0, "num_threads", "must be >= 0")
-        check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
-        check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
-        check(self.ema_power > 0, "ema_power", "must be > 0")
-        check(self.num_train_timesteps >= 2, "num_train_timesteps", "must be >= 2")
-        check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
-        check(not self.zero_terminal_snr or self.prediction_type == "v_prediction", "zero_terminal_snr",
+        self.check_at_least({"num_threads": 0, "num_train_timesteps": 2, "snr_gamma": 0, "noise_offset": 0,
+                              "vlb_weight": 0, "layers_per_block": 1, "attention_heads": 1, "norm_num_groups": 1,
+                              "text_layers": 1, "validation_images_per_prompt": 1, "validation_inference_steps": 1})
+        self.check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
+        self.check(self.ema_power > 0, "ema_power", "must be > 0")
+        self.check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
+        self.check(not self.zero_terminal_snr or self.prediction_type == "v_prediction", "zero_terminal_snr",
               f"needs {flag_name('prediction_type')} v_prediction (epsilon is undefined at zero SNR)")
-        check(self.snr_gamma >= 0, "snr_gamma", "must be >= 0")
-        check(self.noise_offset >= 0, "noise_offset", "must be >= 0")
-        check(self.vlb_weight >= 0, "vlb_weight", "must be >= 0")
-        check(self.init_from is None or bool(self.init_from), "init_from", "must name a pipeline folder")
-        check(levels >= 1 and all(c > 0 for c in self.block_out_channels), "block_out_channels", "must be positive channel counts")
-        check(self.layers_per_block >= 1, "layers_per_block", "must be >= 1")
-        check(0 <= self.attention_from_level <= levels, "attention_from_level", f"must be in [0, {levels}]")
-        check(self.attention_heads >= 1, "attention_heads", "must be >= 1")
-        check(self.norm_num_groups >= 1, "norm_num_groups", "must be >= 1")
-        check(
+        self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a pipeline folder")
+        self.check(levels >= 1 and all(c > 0 for c in self.block_out_channels), "block_out_channels", "must be positive channel counts")
+        self.check(0 <= self.attention_from_level <= levels, "attention_from_level", f"must be in [0, {levels}]")
+        self.check(
             all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
             "norm_num_groups",
             f"must divide every entry of {flag_name('block_out_channels')} {self.block_out_channels}",
         )
-        check(
+        self.check(
             all(c % self.attention_heads == 0 for c in self.block_out_channels),
             "attention_heads",
             f"must divide every entry of {flag_name('block_out_channels')} {self.block_out_channels}",
         )
-        check(self.resolution > 0 and self.resolution % 2 ** (levels - 1) == 0, "resolution",
+        self.check(self.resolution > 0 and self.resolution % 2 ** (levels - 1) == 0, "resolution",
               f"must be a positive multiple of 2^(levels-1) = {2 ** (levels - 1)}")
-        check(self.text_hidden_size > 0, "text_hidden_size", "must be > 0")
-        check(self.text_layers >= 1, "text_layers", "must be >= 1")
-        check(self.text_heads >= 1 and self.text_hidden_size % self.text_heads == 0, "text_heads",
+        self.check(self.text_hidden_size > 0, "text_hidden_size", "must be > 0")
+        self.check(self.text_heads >= 1 and self.text_hidden_size % self.text_heads == 0, "text_heads",
               f"must divide {flag_name('text_hidden_size')} {self.text_hidden_size}")
-        check(self.validation_images_per_prompt >= 1, "validation_images_per_prompt", "must be >= 1")
-        check(self.validation_inference_steps >= 1, "validation_inference_steps", "must be >= 1")
-        check(self.validation_guidance_scale >= 1.0, "validation_guidance_scale", "must be >= 1")
 
     @property
     def lr_scheduler(self) -> str:
@@ -351,20 +334,7 @@ def validation_samples(model: FoundationModel, prompts: Sequence[str], scheduler
     return images.reshape(-1, *images.shape[2:])
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register ``train-foundation`` with the ``diffusers-mv3d`` sub-command parser."""
-    add_trainer_parser(subparsers, "train-foundation",
-                       help="train the pixel-space text-to-image foundation model (an IFPipeline folder)",
-                       description=__doc__, config_class=FoundationTrainConfig, main=main)
-
-
-
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-foundation", "train_foundation", add_parser))
+    sys.exit(script_main("train-foundation"))

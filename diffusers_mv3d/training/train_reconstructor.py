@@ -35,24 +35,22 @@ from ..cameras import Cameras
 from ..hub import losses_from_log, write_model_card
 from ..io_utils import atomic_write_folder
 from ..mesh import mesh_from_neus
-from .branch import NEUS_SETTINGS, NeuSSettings, build_neus
-from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, script_main
+from .branch import NEUS_SETTINGS, NeuSSettings, NeuSSupervisionSettings, build_neus
+from .checkpointing import check_architecture
+from .common import eval_mode, script_main
 from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
     batch_stream,
     finish_run,
-    load_multiview_dataset,
     prepare_training,
-    run_paths,
-    start_run,
+    start_multiview_run,
     train_loop,
 )
-from .settings import MultiViewRunSettings, setting_check
+from .settings import MultiViewRunSettings
 
-__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "add_parser", "build_reconstructor", "main", "reconstruction_losses"]
+__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "reconstruction_losses"]
 
 LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
 
@@ -62,9 +60,10 @@ RENAMED_NEUS_SETTINGS = {name[len("neus_"):]: name for name in NEUS_SETTINGS}
 
 
 @dataclass
-class ReconstructorTrainConfig(NeuSSettings, MultiViewRunSettings):
+class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewRunSettings):
     """Every setting of ``diffusers-mv3d train-reconstructor`` (flags are the field names with dashes):
-    the run's (:class:`MultiViewRunSettings`), the NeuS's (:class:`NeuSSettings`), then these."""
+    the run's (:class:`MultiViewRunSettings`), the NeuS's (:class:`NeuSSettings`), its renders' supervision
+    (:class:`NeuSSupervisionSettings`), then these."""
 
     renamed_settings: ClassVar[Dict[str, str]] = {**RENAMED_NEUS_SETTINGS, "init_radius": "neus_init_radius"}
     architecture_settings: ClassVar[tuple] = (
@@ -80,14 +79,10 @@ class ReconstructorTrainConfig(NeuSSettings, MultiViewRunSettings):
     """Peak AdamW learning rate."""
     lr_scheduler: str = "cosine"
     """After the warm-up: constant, or cosine decay to 0 at max_train_steps."""
-    num_supervision_views: int = 8
-    """Further views an object that only supervise renders (novel views)."""
 
     # losses
     rays_per_view: int = 128
     """Random pixels rendered in every input and supervision view a step (the same pixels in each view)."""
-    mask_loss_weight: float = 0.1
-    """Weight of the BCE between the rendered opacity and the object masks."""
     eikonal_weight: float = 0.1
     """Weight of the eikonal term (|grad sdf| - 1)^2 at random points in the object cube (keeps the SDF a distance for meshing); 0 skips it."""
     eikonal_points: int = 256
@@ -99,15 +94,9 @@ class ReconstructorTrainConfig(NeuSSettings, MultiViewRunSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        check(self.num_input_views >= 1, "num_input_views", "must be >= 1")
-        check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
-        check(self.rays_per_view >= 1, "rays_per_view", "must be >= 1")
-        check(self.mask_loss_weight >= 0, "mask_loss_weight", "must be >= 0")
-        check(self.eikonal_weight >= 0, "eikonal_weight", "must be >= 0")
-        check(self.eikonal_points >= 1, "eikonal_points", "must be >= 1")
-        check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
-        check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
+        self.check_at_least({"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1})
+        self.check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
+        self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
 
 
@@ -189,9 +178,7 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
     views = item["images"][None].to(device)
     cameras = item["cameras"].to(device).expand(1)
     query = Cameras.cat([cameras, item["supervision_cameras"].to(device).expand(1)], dim=1)
-    was_training = neus.training
-    neus.eval()
-    try:
+    with eval_mode(neus):
         context = neus.encode(views, 0, cameras)
         rays = neus.render(context, query)
         mesh = None
@@ -200,8 +187,6 @@ def validation_renders(neus, item: Dict, device: torch.device, mesh_resolution: 
                 mesh = mesh_from_neus(neus, context, mesh_resolution)
             except ValueError:  # an SDF without a surface yet (early training)
                 mesh = None
-    finally:
-        neus.train(was_training)
     v, (h, w) = views.shape[1], views.shape[-2:]
     rendered = rays.colors[0].reshape(-1, h, w, 3).permute(0, 3, 1, 2)  # (V + Vs) 3 H W
     opacity = rays.opacity[0].reshape(-1, 1, h, w)[:v].expand(-1, 3, -1, -1) * 2 - 1
@@ -269,11 +254,8 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     from ..models.latent_sparse_neus import LatentSparseNeuS
 
     # 1. Processes, folders, data
-    accelerator = start_run(cfg)
+    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
     device = accelerator.device
-    _, _, log_path = run_paths(cfg)
-    dataset = load_multiview_dataset(cfg)
-    resume_from = resolve_resume(cfg)
 
     # 2. Model: fresh, or the weights of the checkpoint
     if resume_from is None:
@@ -309,17 +291,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     return finish_run(accelerator, cfg, result, models, "TuneMV3D reconstructor")
 
 
-def add_parser(subparsers) -> None:
-    """Register ``train-reconstructor`` with the ``diffusers-mv3d`` sub-command parser."""
-    add_trainer_parser(
-        subparsers, "train-reconstructor",
-        help="train the feed-forward SparseNeuS reconstructor (views -> SDF -> mesh, §3.5)",
-        description=__doc__, config_class=ReconstructorTrainConfig, main=main,
-    )
-
-
-
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train-reconstructor", "train_reconstructor", add_parser))
+    sys.exit(script_main("train-reconstructor"))

@@ -54,9 +54,9 @@ from ..hub import losses_from_log, write_model_card
 from ..io_utils import atomic_write_folder
 from ..models.views import fold_views, unfold_views
 from ..sampling import ddim_scheduler
-from .branch import BranchSettings, TuneMV3DBranch, build_branch_from_unet
-from .checkpointing import check_architecture, resolve_resume
-from .common import add_trainer_parser, script_main
+from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
+from .checkpointing import check_architecture
+from .common import eval_mode, script_main
 from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
@@ -64,15 +64,13 @@ from .runner import (
     batch_stream,
     finish_run,
     load_foundation_for,
-    load_multiview_dataset,
     prepare_training,
-    run_paths,
-    start_run,
+    start_multiview_run,
     train_loop,
 )
-from .settings import FoundationTuningSettings, setting_check
+from .settings import FoundationTuningSettings
 
-__all__ = ["TuneMV3DTrainConfig", "add_parser", "build_branch", "main", "training_losses"]
+__all__ = ["TuneMV3DTrainConfig", "build_branch", "main", "training_losses"]
 
 LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
@@ -83,9 +81,10 @@ LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
 
 @dataclass
-class TuneMV3DTrainConfig(BranchSettings, FoundationTuningSettings):
+class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTuningSettings):
     """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes): the run's
-    (:class:`FoundationTuningSettings`), the branch's (:class:`BranchSettings`), then these."""
+    (:class:`FoundationTuningSettings`), the branch's (:class:`BranchSettings`), its renders' supervision
+    (:class:`NeuSSupervisionSettings`), then these."""
 
     architecture_settings: ClassVar[tuple] = (
         "pretrained_model", "geometry_attention_levels", "geometry_attention_heads", "geometry_attention_neighbourhood",
@@ -97,8 +96,6 @@ class TuneMV3DTrainConfig(BranchSettings, FoundationTuningSettings):
     """Where model/, checkpoints/, samples/, log.jsonl and config.yaml go."""
     learning_rate: float = 1e-4
     """Peak AdamW learning rate of the branch (ControlNet copy, zero convolutions, geometry-aware attention)."""
-    num_supervision_views: int = 8
-    """Further views an object that only supervise the NeuS renders (ray subsets)."""
     neus_learning_rate: float = 1e-3
     """Peak AdamW learning rate of the LatentSparseNeuS."""
 
@@ -107,8 +104,6 @@ class TuneMV3DTrainConfig(BranchSettings, FoundationTuningSettings):
     """Weight of the noise-prediction MSE of the frozen UNet + branch on the input views."""
     reconstruction_loss_weight: float = 1.0
     """Weight of the MSE between the NeuS renders and the clean views (all input + supervision views) in the diffusion space."""
-    mask_loss_weight: float = 0.1
-    """Weight of the BCE between the rendered opacity and the object masks."""
     supervision_rays: int = 128
     """Random pixels a supervision view renders a step (the same pixels in each view), at the diffusion-space resolution."""
     neus_dropout: float = 0.1
@@ -116,16 +111,12 @@ class TuneMV3DTrainConfig(BranchSettings, FoundationTuningSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check = setting_check(self)
-        check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
-        check(self.num_supervision_views >= 0, "num_supervision_views", "must be >= 0")
-        check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
-        for name in ("diffusion_loss_weight", "reconstruction_loss_weight", "mask_loss_weight"):
-            check(getattr(self, name) >= 0, name, "must be >= 0")
-        check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
+        self.check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
+        self.check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
+        self.check_at_least({"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1})
+        self.check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
-        check(self.supervision_rays >= 1, "supervision_rays", "must be >= 1")
-        check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
+        self.check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
@@ -305,9 +296,7 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
             pictures = F.interpolate(pictures, size=(height, height), mode="nearest")
         return pictures
 
-    was_training = branch.training
-    branch.eval()
-    try:
+    with eval_mode(branch):
         if cfg.validation_inference_steps:
             sampled = pipeline_samples(branch, foundation, item, cfg, device)
             rows += [] if sampled is None else [sampled]
@@ -322,8 +311,6 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
             neus_mse = F.mse_loss(out["x0"], _area_resize(clean, tuple(out["x0"].shape[-2:]))).item()
             metrics[f"val_neus_mse_t{int(t)}"] = neus_mse
             metrics[f"val_x0_mse_t{int(t)}"] = F.mse_loss(x0_pred, clean).item()
-    finally:
-        branch.train(was_training)
     return torch.cat(rows), metrics
 
 
@@ -339,12 +326,9 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     # 1. Processes, folders, data, the frozen foundation
-    accelerator = start_run(cfg)
+    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
     device = accelerator.device
-    _, _, log_path = run_paths(cfg)
-    dataset = load_multiview_dataset(cfg)
     foundation = load_foundation_for(cfg, device)
-    resume_from = resolve_resume(cfg)
 
     # 2. The trained models: fresh, or the weights of the checkpoint
     if resume_from is None:
@@ -384,22 +368,7 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     return finish_run(accelerator, cfg, result, models, "TuneMV3D branch")
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register ``train`` with the ``diffusers-mv3d`` sub-command parser."""
-    add_trainer_parser(
-        subparsers, "train",
-        help="tune a frozen text-to-image foundation into TuneMV3D (multi-view ControlNet + latent SparseNeuS)",
-        description=__doc__, config_class=TuneMV3DTrainConfig, main=main,
-    )
-
-
-
 if __name__ == "__main__":
     import sys
 
-    sys.exit(script_main("train", "train_tunemv3d", add_parser))
+    sys.exit(script_main("train"))

@@ -1,4 +1,4 @@
-"""conversion/: assemble a TuneMV3DPipeline from tiny SD-like (latent) and IF-like (pixel) pipelines saved
+"""diffusers_mv3d.assembly and scripts/: assemble a TuneMV3DPipeline from tiny SD-like (latent) and IF-like (pixel) pipelines saved
 with save_pretrained, and convert a diffusers ControlNetModel into a MultiViewControlNetModel. No download."""
 import importlib.util
 import json
@@ -19,7 +19,7 @@ from diffusers_mv3d import (
     MultiViewControlNetModel,
     TuneMV3DPipeline,
 )
-from diffusers_mv3d.conversion import (
+from diffusers_mv3d.assembly import (
     FreshBranchConfig,
     assemble_pipeline,
     convert_controlnet,
@@ -29,8 +29,8 @@ from diffusers_mv3d.conversion import (
 from dummies import TEXT_DIM, randomize_branch, tiny_controlnet, tiny_neus, tiny_text, tiny_unet, tiny_vae
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSEMBLE = ROOT / "conversion" / "assemble_pipeline.py"
-CONVERT = ROOT / "conversion" / "convert_controlnet.py"
+ASSEMBLE = ROOT / "scripts" / "assemble_pipeline.py"
+CONVERT = ROOT / "scripts" / "convert_controlnet.py"
 
 
 def load_script(path: Path):
@@ -124,7 +124,7 @@ def test_assemble_fresh_branch_loads_generates_and_adds_zero(kind, sd_base, if_b
     card = (out / "README.md").read_text()
     assert "library_name: diffusers" in card and str(base) in card and "fresh" in card
     assert f'TuneMV3DPipeline.from_pretrained("{out}")' in card
-    assert f"conversion/assemble_pipeline.py --base {base}" in card
+    assert f"scripts/assemble_pipeline.py --base {base}" in card
 
     loaded = TuneMV3DPipeline.from_pretrained(out)
     # the frozen parts are the base's, bit for bit; the scheduler is DDIM on the base's schedule
@@ -242,17 +242,17 @@ def test_existing_out_needs_overwrite(if_base, tmp_path):
 
 def test_model_card_names_base_branch_training_and_command(if_base):
     pipe = assemble_pipeline(if_base, neus_render_resolution=8)
-    card = model_card_text(pipe, "owner/some-if-model", "python conversion/assemble_pipeline.py --base owner/some-if-model",
+    card = model_card_text(pipe, "owner/some-if-model", "python scripts/assemble_pipeline.py --base owner/some-if-model",
                            branch="runs/tunemv3d/model", load_from="owner/tunemv3d")
     assert card.startswith("---\nlibrary_name: diffusers") and "base_model: owner/some-if-model" in card
     assert "| `unet` | UNet2DConditionModel | frozen |" in card
     assert "| `controlnet` | MultiViewControlNetModel (diffusers_mv3d) | trained | `runs/tunemv3d/model` |" in card
     assert 'TuneMV3DPipeline.from_pretrained("owner/tunemv3d")' in card
-    assert "python conversion/assemble_pipeline.py --base owner/some-if-model" in card
+    assert "python scripts/assemble_pipeline.py --base owner/some-if-model" in card
 
 
 def test_training_section_sums_resumed_sessions_and_gives_the_reproducing_commands(tmp_path):
-    from diffusers_mv3d.conversion.model_card import training_section
+    from diffusers_mv3d.assembly.model_card import training_section
     from diffusers_mv3d.training.config import save_config
     from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig
 
@@ -286,13 +286,13 @@ def test_training_section_sums_resumed_sessions_and_gives_the_reproducing_comman
 def test_recorded_command_parses_back_to_the_same_arguments():
     import shlex
 
-    from diffusers_mv3d.conversion import assemble_command
+    from diffusers_mv3d.assembly import assemble_command
 
     command = assemble_command("owner/base", "out dir", branch="runs/b/model", reconstructor="runs/r/model",
                                consistency_ratio=0.25, consistency_scale=2.0, neus_render_resolution=0, seed=3,
                                push_to_hub="me/repo", overwrite=True, eta=1.0)
     words = shlex.split(command)
-    assert words[:2] == ["python", "conversion/assemble_pipeline.py"]
+    assert words[:2] == ["python", "scripts/assemble_pipeline.py"]
     args = load_script(ASSEMBLE).build_parser().parse_args(words[2:])
     assert (args.base, args.out, args.branch, args.reconstructor, args.controlnet) == \
         ("owner/base", "out dir", "runs/b/model", "runs/r/model", None)

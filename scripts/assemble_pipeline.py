@@ -1,15 +1,15 @@
 """Assemble a TuneMV3DPipeline folder from a diffusers text-to-image pipeline and a TuneMV3D branch.
 
-The logic is :func:`diffusers_mv3d.conversion.assemble_pipeline`; this is its command line.
+The logic is :func:`diffusers_mv3d.assembly.assemble_pipeline`; this is its command line.
 
     # Stable Diffusion 2.1 (a Hub id or a local folder) with a fresh, untrained branch
-    python conversion/assemble_pipeline.py --base stabilityai/stable-diffusion-2-1-base --out runs/sd21-tunemv3d
+    python scripts/assemble_pipeline.py --base stabilityai/stable-diffusion-2-1-base --out runs/sd21-tunemv3d
     # our foundation + a trained branch + the reconstructor: the embedded default pipeline
-    python conversion/assemble_pipeline.py --base runs/foundation-tiny/pipeline \\
+    python scripts/assemble_pipeline.py --base runs/foundation-tiny/pipeline \\
         --branch runs/tunemv3d-tiny/model --reconstructor runs/reconstructor-tiny/model \\
         --eta 1.0 --out pipelines/tunemv3d-tiny --overwrite --trained-on "2 CPU cores (AMD EPYC), no GPU"
     # ... and upload the folder to the Hub
-    python conversion/assemble_pipeline.py --base ... --branch ... --out DIR --push-to-hub you/tunemv3d-sd21
+    python scripts/assemble_pipeline.py --base ... --branch ... --out DIR --push-to-hub you/tunemv3d-sd21
 
 Load the result with ``TuneMV3DPipeline.from_pretrained(DIR)``.
 """
@@ -67,9 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.out is None and args.push_to_hub is None:
         parser.error("--out (or --push-to-hub) is required")
-    from diffusers_mv3d.conversion import assemble_pipeline  # after parsing: --help stays fast
+    from diffusers_mv3d.assembly import assemble_pipeline  # after parsing: --help stays fast
 
-    command = shlex.join(["python", "conversion/assemble_pipeline.py"] + list(sys.argv[1:] if argv is None else argv))
+    command = shlex.join(["python", "scripts/assemble_pipeline.py"] + list(sys.argv[1:] if argv is None else argv))
     try:
         pipe = assemble_pipeline(
             args.base, branch=args.branch, reconstructor=args.reconstructor, out=args.out, controlnet=args.controlnet,

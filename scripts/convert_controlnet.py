@@ -1,11 +1,11 @@
 """Start a TuneMV3D branch (MultiViewControlNetModel) from an existing diffusers ControlNetModel.
 
-The logic is :func:`diffusers_mv3d.conversion.convert_controlnet`; this is its command line.
+The logic is :func:`diffusers_mv3d.assembly.convert_controlnet`; this is its command line.
 
-    python conversion/convert_controlnet.py --controlnet lllyasviel/sd-controlnet-canny \\
+    python scripts/convert_controlnet.py --controlnet lllyasviel/sd-controlnet-canny \\
         --unet runs/sd15 --out runs/controlnet-from-canny --geometry-attention-levels 1
     # then a pipeline with it (fresh NeuS), ready for training
-    python conversion/assemble_pipeline.py --base runs/sd15 --controlnet runs/controlnet-from-canny --out runs/sd15-mv
+    python scripts/assemble_pipeline.py --base runs/sd15 --controlnet runs/controlnet-from-canny --out runs/sd15-mv
 
 Every tensor whose name and shape match is copied exactly (the ControlNet lives under ``encoder.``);
 geometry-aware attention is new (zero output); a conditioning embedding made for other inputs (a
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from diffusers_mv3d.conversion import convert_controlnet  # after parsing: --help stays fast
+    from diffusers_mv3d.assembly import convert_controlnet  # after parsing: --help stays fast
 
     try:
         _, report = convert_controlnet(

@@ -1,9 +1,9 @@
-"""Conversion: assemble a TuneMV3D pipeline from any diffusers text-to-image pipeline, and start the
+"""Assembly: assemble a TuneMV3D pipeline from any diffusers text-to-image pipeline, and start the
 multi-view branch from an existing diffusers ControlNet.
 
-The two scripts under ``conversion/`` are thin command lines over this module:
+The two scripts under ``scripts/`` are thin command lines over this module:
 
-``conversion/assemble_pipeline.py`` -> :func:`assemble_pipeline`
+``scripts/assemble_pipeline.py`` -> :func:`assemble_pipeline`
     The base (a diffusers Stable Diffusion 1.x / 2.x or DeepFloyd-IF stage I pipeline, a local folder
     or a Hub id, or our own ``train-foundation`` folder) gives the frozen ``unet``, ``text_encoder``,
     ``tokenizer``, ``vae`` (when present) and the noise schedule. The branch (``controlnet`` +
@@ -14,7 +14,7 @@ The two scripts under ``conversion/`` are thin command lines over this module:
     :class:`ConsistencyGuidanceScheduler`. The result is a ``TuneMV3DPipeline`` folder
     (``save_pretrained``, safetensors) with a README.md model card (:func:`model_card_text`).
 
-``conversion/convert_controlnet.py`` -> :func:`convert_controlnet`
+``scripts/convert_controlnet.py`` -> :func:`convert_controlnet`
     A :class:`MultiViewControlNetModel` whose inner ``encoder`` takes every tensor of a diffusers
     ``ControlNetModel`` checkpoint whose name and shape match; the rest is initialised (geometry-aware
     attention with a zero output; the conditioning embedding, re-initialised with a zero output conv
@@ -23,7 +23,7 @@ The two scripts under ``conversion/`` are thin command lines over this module:
 
 Example::
 
-    from diffusers_mv3d.conversion import assemble_pipeline, convert_controlnet
+    from diffusers_mv3d.assembly import assemble_pipeline, convert_controlnet
 
     pipe = assemble_pipeline("runs/foundation-tiny/pipeline", branch="runs/tunemv3d-tiny/model",
                              reconstructor="runs/reconstructor-tiny/model", out="pipelines/tunemv3d-tiny")

@@ -1,5 +1,5 @@
 """Assemble a TuneMV3D pipeline folder from a diffusers text-to-image pipeline and a branch
-(:mod:`diffusers_mv3d.conversion`, ``conversion/assemble_pipeline.py``).
+(:mod:`diffusers_mv3d.assembly`, ``scripts/assemble_pipeline.py``).
 """
 
 from pathlib import Path
@@ -22,7 +22,7 @@ from .components import (
 )
 from .model_card import assemble_command, model_card_text
 
-HUB_COMMIT_MESSAGE = "Upload TuneMV3DPipeline (conversion/assemble_pipeline.py)"
+HUB_COMMIT_MESSAGE = "Upload TuneMV3DPipeline (scripts/assemble_pipeline.py)"
 
 def save_pipeline_folder(pipe: TuneMV3DPipeline, out: PathLike, card: str, overwrite: bool = False) -> Path:
     """``save_pretrained`` (safetensors) + README.md, written whole (:func:`~diffusers_mv3d.hub.write_pipeline_folder`):
@@ -79,7 +79,7 @@ def assemble_pipeline(
             ``assemble_pipeline.py`` command, :func:`assemble_command`).
         trained_on: the machine the components were trained on, for the model card's training
             section (written when ``base``, ``branch`` or ``reconstructor`` is a trainer's output
-            folder, :func:`~diffusers_mv3d.conversion.model_card.training_section`).
+            folder, :func:`~diffusers_mv3d.assembly.model_card.training_section`).
 
     Returns:
         The assembled pipeline (components in eval mode, on the CPU).

@@ -1,5 +1,5 @@
-"""A diffusers ``ControlNetModel`` -> :class:`MultiViewControlNetModel` (:mod:`diffusers_mv3d.conversion`,
-``conversion/convert_controlnet.py``).
+"""A diffusers ``ControlNetModel`` -> :class:`MultiViewControlNetModel` (:mod:`diffusers_mv3d.assembly`,
+``scripts/convert_controlnet.py``).
 """
 
 import json
@@ -13,7 +13,7 @@ import torch
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from .components import PathLike, _load_model, check_controlnet_fits_unet
 
-CONVERT_SCRIPT = "python conversion/convert_controlnet.py"
+CONVERT_SCRIPT = "python scripts/convert_controlnet.py"
 
 
 @dataclass

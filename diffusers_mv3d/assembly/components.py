@@ -1,4 +1,4 @@
-"""The components of an assembled pipeline (:mod:`diffusers_mv3d.conversion`): the frozen base, its inference
+"""The components of an assembled pipeline (:mod:`diffusers_mv3d.assembly`): the frozen base, its inference
 scheduler, and the branch, trained (loaded) or fresh, with the checks that it fits the base's UNet.
 """
 

@@ -1,5 +1,5 @@
 """The command that assembles a pipeline folder, and the folder's README.md model card
-(:mod:`diffusers_mv3d.conversion`).
+(:mod:`diffusers_mv3d.assembly`).
 """
 
 import argparse
@@ -11,7 +11,7 @@ from typing import List, Optional
 from ..pipelines.pipeline_tunemv3d import TuneMV3DPipeline
 from ..hub import model_card_front_matter
 
-ASSEMBLE_SCRIPT = "python conversion/assemble_pipeline.py"
+ASSEMBLE_SCRIPT = "python scripts/assemble_pipeline.py"
 
 
 def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None, controlnet: Optional[str] = None,
