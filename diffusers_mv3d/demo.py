@@ -59,7 +59,7 @@ class Limit(NamedTuple):
 
 # The server's limits, used both for the sliders and in handle(): the API accepts any value.
 VIEWS = Limit("Views", 1, 16, DEFAULT_NUM_VIEWS, 1)
-STEPS = Limit("Steps", 1, 200, 50, 1)
+STEPS = Limit("Steps", 1, 200, 30, 1)
 SEED = Limit("Seed", 0, 2**32 - 1, 0, 1)
 GUIDANCE = Limit("Guidance scale (text)", 1.0, 15.0, 3.0, 0.5, whole=False)
 CONSISTENCY_RATIO = Limit("K: fraction of consistency-guidance steps", 0.0, 1.0, None, 0.05, whole=False)

@@ -1,7 +1,7 @@
 """``diffusers-mv3d generate``: the main job. A prompt (and optionally a reference image) -> views,
 a grid, cameras, a coloured mesh and a turntable, with the embedded default model unless told otherwise.
 
-    diffusers-mv3d generate "a blue chair with armrests" --views 8 --steps 50 --seed 0 --out outputs/chair
+    diffusers-mv3d generate "a blue chair with armrests" --views 8 --steps 30 --seed 0 --out outputs/chair
 """
 
 import argparse
@@ -108,7 +108,7 @@ def generate(
     out: Path,
     model: Optional[str] = None,
     views: Optional[int] = None,
-    steps: int = 50,
+    steps: int = 30,
     seed: int = 0,
     image: Optional[Path] = None,
     guidance_scale: float = 3.0,
@@ -232,7 +232,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--elevation", type=float, default=None, help="camera elevation in degrees (default: 20)")
     parser.add_argument("--azimuths", type=float, nargs="+", default=None, metavar="DEG",
                         help="camera azimuths in degrees, one view each (default: --views angles evenly spaced)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps (30: docs/results.md, \"Cost of sampling\")")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--image", type=Path, default=None, help="reference image for view 0 (image-to-multiview)")
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded pipelines/tunemv3d-tiny)")
