@@ -330,7 +330,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         on a consistency step a second branch run without the NeuS gives the conditional views' NeuS-free
         prediction. All UNet passes are one batch: ``[uncond, cond(, cond without NeuS)]``.
 
-        Returns ``(uncond, cond, cond_without_neus or None)``, each ``[B, V, C, h, w]``.
+        Returns ``(noise, cond_without_neus or None)``: ``noise [2B, V, C, h, w]`` the unconditional then
+        the conditional predictions (a view of the UNet's output), ``cond_without_neus [B, V, C, h, w]``.
         """
         passes = [neus_output, None] if consistency_step else [neus_output]
         residuals = [self.branch_residuals(latents, timesteps, prompt_embeds, cameras, output, cross_attention_kwargs)
@@ -342,8 +343,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         text = torch.cat([negative_prompt_embeds] + [prompt_embeds] * (parts - 1))
         noise = self.unet_noise(torch.cat([latents] * parts), torch.cat([timesteps] * parts), text, down, mid,
                                 cross_attention_kwargs)
-        uncond, cond, *without_neus = noise.chunk(parts)
-        return uncond, cond, (without_neus[0] if without_neus else None)
+        objects = latents.shape[0]
+        return noise[: 2 * objects], (noise[2 * objects :] if consistency_step else None)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -460,9 +461,10 @@ class TuneMV3DPipeline(DiffusionPipeline):
         step_generator = [g for g in generator for _ in range(num_views)] if isinstance(generator, list) else generator
         neus_generator = generator[0] if isinstance(generator, list) else generator  # jitter in train mode only
         self._num_timesteps = len(timesteps)
-        neus_render = {}  # the latest NeuS output, reused between renders
+        neus_output = None  # the latest NeuS render, reused between renders
 
         def predict(folded_input, t, i):
+            nonlocal neus_output
             # 7.1 per-view timesteps: reference views are clean, at t = 0
             view_t = torch.full((batch, num_views), int(t), device=device, dtype=torch.long)
             view_t[:, reference_index] = 0
@@ -470,9 +472,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
 
             # 7.2 the centralized condition: NeuS renders x0 once for both guidance halves (eq. 1-3),
             # every ``neus_interval`` steps (reused in between)
-            if neus_render.get("output") is None or i % neus_interval == 0:
-                neus_render["output"] = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
-            neus_output = neus_render["output"]
+            if neus_output is None or i % neus_interval == 0:
+                neus_output = self.neus(model_input.to(self.neus.dtype), view_t, space_cameras, generator=neus_generator)
 
             # 7.3 branch + frozen UNet, with classifier-free guidance on the text, and 7.4 consistency
             # guidance (§3.3): the same step without the NeuS condition (eq. 4 is applied by the
@@ -480,12 +481,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
             consistency_step = i in consistency_steps
             noise_without_neus = None
             if share_branch and do_cfg:
-                uncond, cond, cond_without_neus = self._shared_branch_noise(
+                noise, cond_without_neus = self._shared_branch_noise(
                     model_input, view_t, prompt_embeds, negative_prompt_embeds, space_cameras, neus_output,
                     consistency_step, cross_attention_kwargs)
-                if consistency_step:
-                    noise_without_neus = self._guide_text(uncond, cond_without_neus)
-                noise = self._guide_text(uncond, cond)
+                if consistency_step:  # eq. 4's x without NeuS reuses the unconditional prediction
+                    noise_without_neus = self._guide_text(torch.cat([noise[:batch], cond_without_neus]))
+                noise = self._guide_text(noise)
             else:
                 doubled = torch.cat([model_input] * 2) if do_cfg else model_input
                 doubled_t = torch.cat([view_t] * 2) if do_cfg else view_t
@@ -494,8 +495,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
                     noise_without_neus = self.predict_noise(doubled, doubled_t, text, space_cameras, None,
                                                             cross_attention_kwargs)
                 if do_cfg:
-                    noise = self._guide_text(*noise.chunk(2))
-                    noise_without_neus = None if noise_without_neus is None else self._guide_text(*noise_without_neus.chunk(2))
+                    noise = self._guide_text(noise)
+                    noise_without_neus = None if noise_without_neus is None else self._guide_text(noise_without_neus)
             step_arguments = dict(
                 model_output_without_neus=None if noise_without_neus is None else fold_views(noise_without_neus),
                 consistency_scale=consistency_scale,
@@ -536,9 +537,10 @@ class TuneMV3DPipeline(DiffusionPipeline):
         latents[:, reference_index] = reference_latents
         return latents
 
-    def _guide_text(self, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Classifier-free guidance at the current ``guidance_scale`` (a step-end callback may change it)."""
-        return classifier_free_guidance(torch.cat([uncond, cond]), self._guidance_scale)
+    def _guide_text(self, noise: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance of ``[uncond; cond]`` at the current ``guidance_scale`` (a step-end
+        callback may change it)."""
+        return classifier_free_guidance(noise, self._guidance_scale)
 
     def _views_in_unit_range(self, latents: torch.Tensor) -> torch.Tensor:
         """``[B, V, C, h, w]`` latents -> ``[B*V, 3, H, W]`` images in [0, 1]."""
