@@ -30,7 +30,7 @@ import PIL.Image
 
 from .cameras import DEFAULT_ELEVATION, DEFAULT_NUM_VIEWS
 from .data.render import embree_available
-from .generate import generate, load_pipeline
+from .generate import DefaultsHelpFormatter, generate, load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="a Gradio web page for generate (pip install -e \".[demo]\")",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded pipelines/tunemv3d-tiny)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")

@@ -221,11 +221,18 @@ def _remove_stale_outputs(out: Path, written: set) -> None:
             path.unlink()
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is ``None`` (whose help then says what happens when unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="generate consistent views, a mesh and a turntable from a prompt",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("prompt", nargs="?", default="", help="caption of the object (may be empty with --image)")
     parser.add_argument("--views", type=int, default=None, help="views around the object (default: 8, or one per --azimuths angle)")

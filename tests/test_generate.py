@@ -133,3 +133,13 @@ def test_without_embree_generate_skips_the_mesh_with_a_warning(model_dir, tmp_pa
     with pytest.warns(UserWarning, match="embreex"):
         result = generate("a red chair", tmp_path / "out", model=str(model_dir), views=2, steps=1)
     assert "mesh" not in result["files"] and (tmp_path / "out" / "views.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["generate", "demo"])
+def test_help_shows_real_defaults_and_never_none(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: the embedded pipelines/tunemv3d-tiny)" in text
+    assert ("(default: 30)" if command == "generate" else "(default: 7860)") in text
