@@ -17,12 +17,13 @@ Each caller keeps its own scheduler config (``clip_sample``, spacing), as before
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 
 from .foundation import Foundation, unet_on_views
 from .models.multiview_self_attention import camera_embedding, has_multiview_self_attention, set_multiview_self_attention
 from .training.text import encode_prompts
 
-__all__ = ["classifier_free_guidance", "ddim_scheduler", "sample", "sample_ddim", "sample_views"]
+__all__ = ["classifier_free_guidance", "ddim_scheduler", "sample", "sample_ddim", "sample_views", "share_low_frequencies"]
 
 Prediction = Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, object]]]
 
@@ -31,6 +32,26 @@ def classifier_free_guidance(prediction: torch.Tensor, guidance_scale: float) ->
     """``[2N, ...]`` predictions, unconditional half first -> ``uncond + w (cond - uncond)`` ``[N, ...]``."""
     uncond, cond = prediction.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
+
+
+def share_low_frequencies(noise: torch.Tensor, shared: torch.Tensor, tiles: int) -> torch.Tensor:
+    """Initial noise whose views share their low frequencies: ``noise - L(noise) + L(shared)``.
+
+    ``L`` replaces each of the ``tiles x tiles`` tiles of an image by its mean (an orthogonal
+    projection), so for white Gaussian ``noise [B, V, C, h, w]`` and ``shared [B, 1, C, h, w]`` each
+    view's result is again exactly standard normal, and the views of an object agree in their tile
+    means (``tiles = 1``: the image mean, which a foundation sampled from t = T turns into the view's
+    mean colour).
+    """
+    height, width = noise.shape[-2:]
+    if tiles < 1 or height % tiles or width % tiles:
+        raise ValueError(f"shared_noise_tiles must divide the noise's size {height}x{width}, got {tiles}")
+
+    def tile_means(x: torch.Tensor) -> torch.Tensor:
+        means = F.adaptive_avg_pool2d(x.flatten(0, 1), tiles)
+        return F.interpolate(means, size=(height, width), mode="nearest").view(x.shape)
+
+    return noise - tile_means(noise) + tile_means(shared).expand_as(noise)
 
 
 def ddim_scheduler(scheduler_config: dict):

@@ -235,6 +235,8 @@ def test_custom_cameras_are_used(pipe):
         (dict(num_inference_steps=-3), "num_inference_steps"),
         (dict(neus_interval=0), "neus_interval"),
         (dict(neus_interval=1.5), "neus_interval"),
+        (dict(shared_noise_tiles=3), "shared_noise_tiles"),
+        (dict(shared_noise_tiles=0), "shared_noise_tiles"),
         (dict(guidance_scale=float("nan")), "guidance_scale"),
         (dict(image=np.full((16, 16, 3), np.nan, dtype=np.float32)), "NaN"),
         (dict(image=np.full((16, 16, 3), 2.0, dtype=np.float32)), r"\[0, 1\]"),
@@ -380,3 +382,20 @@ def test_neus_renders_every_interval_steps(pipe, interval, renders):
     if interval > 1:
         assert not np.array_equal(run(pipe, num_inference_steps=4, neus_interval=interval).images,
                                   run(pipe, num_inference_steps=4, neus_interval=1).images)
+
+
+def test_shared_noise_tiles_give_every_view_the_same_noise_mean(pipe, monkeypatch):
+    import diffusers_mv3d.pipelines.pipeline_tunemv3d as module
+
+    shared_noise = []
+    original = module.share_low_frequencies
+    monkeypatch.setattr(module, "share_low_frequencies",
+                        lambda *args: shared_noise.append(original(*args)) or shared_noise[-1])
+    independent = run(pipe).images
+    np.testing.assert_array_equal(run(pipe, shared_noise_tiles=None).images, independent)
+    assert not shared_noise
+    shared = run(pipe, shared_noise_tiles=1).images
+    (noise,) = shared_noise  # [1, V, C, h, w]
+    means = noise.mean(dim=(-2, -1))
+    torch.testing.assert_close(means, means[:, :1].expand_as(means), rtol=0, atol=1e-6)
+    assert not np.allclose(shared, independent, atol=1e-3)

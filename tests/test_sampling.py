@@ -6,7 +6,9 @@ from diffusers import DDIMScheduler
 
 from diffusers_mv3d.foundation import load_foundation
 from diffusers_mv3d.models.views import fold_views, unfold_views
-from diffusers_mv3d.sampling import classifier_free_guidance, ddim_scheduler, sample, sample_ddim, sample_views
+from diffusers_mv3d.sampling import (
+    classifier_free_guidance, ddim_scheduler, sample, sample_ddim, sample_views, share_low_frequencies,
+)
 from diffusers_mv3d.training.text import encode_prompts
 from dummies import tiny_pipeline
 from test_train_tunemv3d import make_pixel_foundation
@@ -126,3 +128,23 @@ def test_guidance_and_scheduler_helpers():
     assert torch.equal(classifier_free_guidance(prediction, 2.0), torch.tensor([[5.0]]))
     scheduler = ddim_scheduler({"num_train_timesteps": 10, "variance_type": "learned_range", "clip_sample": False})
     assert isinstance(scheduler, DDIMScheduler) and scheduler.config.clip_sample is False
+
+
+def test_shared_low_frequencies_keep_each_views_detail_and_share_the_tile_means():
+    generator = torch.Generator().manual_seed(0)
+    noise, shared = torch.randn(2, 4, 3, 8, 8, generator=generator), torch.randn(2, 1, 3, 8, 8, generator=generator)
+    out = share_low_frequencies(noise, shared, 2)
+
+    def tile_means(x):  # [..., 8, 8] -> [..., 2, 2], written out by hand
+        return x.unflatten(-1, (2, 4)).unflatten(-3, (2, 4)).mean(dim=(-3, -1))
+
+    torch.testing.assert_close(tile_means(out), tile_means(shared).expand(2, 4, 3, 2, 2))
+    detail = lambda x: x - tile_means(x).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    torch.testing.assert_close(detail(out), detail(noise))
+    # one tile per pixel: every view is the shared noise; each view stays standard normal in general
+    torch.testing.assert_close(share_low_frequencies(noise, shared, 8), shared.expand_as(noise))
+    large = share_low_frequencies(torch.randn(64, 8, 3, 8, 8, generator=generator),
+                                  torch.randn(64, 1, 3, 8, 8, generator=generator), 1)
+    assert abs(large.std().item() - 1.0) < 0.02 and abs(large.mean().item()) < 0.02
+    with pytest.raises(ValueError, match="shared_noise_tiles"):
+        share_low_frequencies(noise, shared, 3)

@@ -30,8 +30,10 @@ Variants (one flag value each, all on the same prompts, seeds and initial noise)
 ``no-neus``            the branch without the NeuS condition and samples, K = 0 (:func:`without_neus`)
 ``full-cost``          the paper's sampling at full cost: the branch on both classifier-free-guidance
                        halves and the NeuS rendered every step (``share_branch=False, neus_interval=1``)
-``neus1`` / ``neus3``  the NeuS condition rendered every step / every 3 steps; these three sampling
-                       levers (docs/results.md, "Cost of sampling") are not run by default
+``neus1`` / ``neus3``  the NeuS condition rendered every step / every 3 steps (docs/results.md, "Cost
+                       of sampling")
+``shared-noise``       the views of an object share their initial noise's mean (``shared_noise_tiles=1``);
+                       these four sampling variants are not run by default
 ``finetune``           baseline: the foundation's UNet fully fine-tuned on the multi-view data (the
                        folder ``--finetune-model``; ``diffusers-mv3d train-baseline --kind finetune``)
 ``mvdream``            baseline: MVDream-style, self-attention over the views + camera embedding

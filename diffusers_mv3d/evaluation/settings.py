@@ -29,6 +29,7 @@ VARIANTS: Dict[str, str] = {
     "full-cost": "the paper's sampling at full cost: branch on both CFG halves, NeuS every step",
     "neus1": "NeuS condition rendered every step (branch shared by the CFG halves)",
     "neus3": "NeuS condition rendered every 3 steps (branch shared by the CFG halves)",
+    "shared-noise": "the views of an object share their initial noise's mean (shared_noise_tiles=1)",
     "finetune": "baseline: the foundation's UNet fully fine-tuned on the multi-view data, views independent (--finetune-model)",
     "mvdream": "baseline: MVDream-style fine-tune, self-attention over the views + camera embedding (--mvdream-model)",
     "ground-truth": "renders of held-out eval3d objects with the prompts' attributes",
@@ -37,7 +38,7 @@ VARIANTS: Dict[str, str] = {
 REFERENCE_VARIANTS = ("ground-truth", "negative-control")
 BASELINE_VARIANTS: Dict[str, str] = {"finetune": "finetune_model", "mvdream": "mvdream_model"}
 """The trained baselines (``diffusers-mv3d train-baseline``) and the setting naming each one's model folder."""
-SAMPLING_VARIANTS = ("full-cost", "neus1", "neus3")
+SAMPLING_VARIANTS = ("full-cost", "neus1", "neus3", "shared-noise")
 """The sampling-cost levers of issue 14 (docs/results.md compares them); not run by default."""
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in BASELINE_VARIANTS and v not in SAMPLING_VARIANTS)
 """What runs unless ``--variants`` says otherwise: every variant but the baselines, which need their folders,
@@ -134,7 +135,7 @@ class EvaluationConfig:
     prompts: Optional[str] = None
     """Prompt-set file, .py (PROMPTS, SEEDS) or .json (default: benchmarks/prompts.py)."""
     variants: Tuple[str, ...] = DEFAULT_VARIANTS
-    """Variants to run: foundation tunemv3d k0 k0.25 k0.5 k1 alpha3 alpha15 no-attention no-neus ground-truth negative-control, the baselines finetune and mvdream (with --finetune-model / --mvdream-model), and the sampling levers full-cost neus1 neus3 (not by default)."""
+    """Variants to run: foundation tunemv3d k0 k0.25 k0.5 k1 alpha3 alpha15 no-attention no-neus ground-truth negative-control, the baselines finetune and mvdream (with --finetune-model / --mvdream-model), and the sampling options full-cost neus1 neus3 shared-noise (not by default)."""
     views: int = 8
     """Views an object (default orbit: elevation 20, azimuth every 360/views degrees)."""
     steps: int = 50

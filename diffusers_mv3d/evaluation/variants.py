@@ -21,7 +21,7 @@ from .settings import BASELINE_VARIANTS, REFERENCE_VARIANTS, EvalPrompt
 _RATIOS = {"k0": 0.0, "k0.25": 0.25, "k0.5": 0.5, "k1": 1.0}
 _SCALES = {"alpha3": 3.0, "alpha15": 15.0}
 _SAMPLING = {"full-cost": {"share_branch": False, "neus_interval": 1}, "neus1": {"neus_interval": 1},
-             "neus3": {"neus_interval": 3}}
+             "neus3": {"neus_interval": 3}, "shared-noise": {"shared_noise_tiles": 1}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..cameras import Cameras, default_cameras
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..models.views import fold_views, unfold_views
-from ..sampling import classifier_free_guidance, sample
+from ..sampling import classifier_free_guidance, sample, share_low_frequencies
 from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
 
 EXAMPLE_DOC_STRING = """
@@ -160,7 +160,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                      callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None,
-                     num_inference_steps=1, guidance_scale=1.0, neus_interval=1):
+                     num_inference_steps=1, guidance_scale=1.0, neus_interval=1, shared_noise_tiles=None):
         if isinstance(num_views, bool) or not isinstance(num_views, numbers.Integral) or num_views < 1:
             raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
         if prompt is not None and not isinstance(prompt, str) and not (
@@ -192,6 +192,11 @@ class TuneMV3DPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
         if isinstance(neus_interval, bool) or not isinstance(neus_interval, numbers.Integral) or neus_interval < 1:
             raise ValueError(f"neus_interval must be an int >= 1, got {neus_interval!r}")
+        size = self.unet.config.sample_size
+        if shared_noise_tiles is not None and (isinstance(shared_noise_tiles, bool) or not isinstance(
+                shared_noise_tiles, numbers.Integral) or shared_noise_tiles < 1 or size % shared_noise_tiles):
+            raise ValueError(f"shared_noise_tiles must be None or an int >= 1 dividing the diffusion space's size {size}, "
+                             f"got {shared_noise_tiles!r}")
         if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
@@ -365,6 +370,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         eta: Optional[float] = None,
         share_branch: bool = True,
         neus_interval: int = 2,
+        shared_noise_tiles: Optional[int] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
@@ -399,6 +405,10 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 the branch on both halves (twice the branch's cost; docs/results.md compares them).
             neus_interval: render the NeuS condition every this many steps and reuse it in between
                 (1: every step).
+            shared_noise_tiles: the views of an object share the means of ``tiles x tiles`` tiles of their
+                initial noise (1: the image mean, which sets a view's mean colour; each view's noise stays
+                standard normal, :func:`~diffusers_mv3d.sampling.share_low_frequencies`); None: independent
+                noise. Not applied to ``latents`` given by the caller.
             generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
@@ -415,7 +425,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
             references[0] = image
         self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
-                          num_inference_steps, guidance_scale, neus_interval)
+                          num_inference_steps, guidance_scale, neus_interval, shared_noise_tiles)
         self._guidance_scale = guidance_scale
         self._cross_attention_kwargs = cross_attention_kwargs
         device, dtype = self._execution_device, self.unet.dtype
@@ -450,7 +460,11 @@ class TuneMV3DPipeline(DiffusionPipeline):
         # 6. Initial noise
         shape = (batch, num_views, self.space_channels, size, size)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            if shared_noise_tiles is not None:
+                shared = randn_tensor((batch, 1, *shape[2:]), generator=generator, device=device, dtype=dtype)
+                latents = share_low_frequencies(latents, shared, shared_noise_tiles)
+            latents = latents * self.scheduler.init_noise_sigma
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         latents = self._clamp_references(latents.to(device=device, dtype=dtype), reference_index, reference_latents)
