@@ -103,10 +103,11 @@ class Foundation:
 
     def unet_prediction(self, noisy_views: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
                         residuals: Optional[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]] = None) -> torch.Tensor:
-        """Frozen UNet on the views ``[B, V, C, h, w]`` at one t an object (``timesteps [B]``) with the
-        branch residuals -> ``[B, V, C, h, w]`` (:func:`unet_on_views`)."""
-        views = noisy_views.shape[1]
-        return unet_on_views(self.unet, noisy_views, timesteps[:, None].expand(-1, views), text, residuals=residuals)
+        """Frozen UNet on the views ``[B, V, C, h, w]`` at one t an object (``timesteps [B]``) or one a view
+        (``[B, V]``) with the branch residuals -> ``[B, V, C, h, w]`` (:func:`unet_on_views`)."""
+        if timesteps.dim() == 1:
+            timesteps = timesteps[:, None].expand(-1, noisy_views.shape[1])
+        return unet_on_views(self.unet, noisy_views, timesteps, text, residuals=residuals)
 
 
 def load_foundation(path: str, device: torch.device = torch.device("cpu"), flag: str = "--pretrained-model") -> Foundation:

@@ -24,6 +24,8 @@ from diffusers_mv3d.training.train_tunemv3d import (
     TuneMV3DTrainConfig,
     build_branch,
     main,
+    diffusion_mse,
+    step_draws,
     training_losses,
 )
 from training_fixtures import REPO, render_objects, weights
@@ -135,6 +137,9 @@ def straight_run(workdir):
         ("validation_timesteps", (), "--validation-timesteps"),
         ("neus_num_coarse_samples", 1, "--neus-num-coarse-samples"),
         ("push_to_hub", True, "--hub-model-id"),
+        ("reference_view_share", 1.5, "--reference-view-share"),
+        ("max_reference_views", 99, "--max-reference-views"),
+        ("max_reference_views", 0, "--max-reference-views"),
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -265,6 +270,58 @@ def test_frozen_foundation_gets_no_gradient_and_the_branch_does(workdir):
     assert branch.controlnet.encoder.controlnet_mid_block.weight.grad.abs().sum() > 0  # zero conv learns
     assert branch.neus.encoder.conv_in.weight.grad.abs().sum() > 0
     assert torch.isfinite(branch.neus.variance.grad)
+
+
+def test_reference_draws_come_last_and_give_one_to_max_clean_views_in_that_share_of_objects():
+    def draws(**settings):
+        cfg = TuneMV3DTrainConfig(num_input_views=4, **settings)
+        return step_draws(torch.Generator().manual_seed(3), 400, 4, 3, (8, 8), 1000, 16, cfg)
+
+    plain, with_references = draws(), draws(reference_view_share=0.3, max_reference_views=3)
+    assert not plain["reference_views"].any()
+    for key in plain:  # the draws of a run without references are unchanged
+        if key != "reference_views":
+            torch.testing.assert_close(plain[key], with_references[key])
+    counts = with_references["reference_views"].sum(1)
+    assert set(counts.tolist()) == {0, 1, 2, 3}
+    assert 0.2 < (counts > 0).float().mean() < 0.4
+    assert len(set(with_references["reference_views"].float().argmax(1).tolist())) == 4  # any view may be one
+
+
+def test_diffusion_mse_leaves_out_reference_views():
+    prediction, target = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 4, 3, 8, 8)
+    none = torch.zeros(2, 4, dtype=torch.bool)
+    assert diffusion_mse(prediction, target, none) == torch.nn.functional.mse_loss(prediction, target)
+    references = none.clone()
+    references[0, 1] = references[1, 3] = True
+    moved = prediction.clone()
+    moved[0, 1] += 5.0
+    moved[1, 3] -= 5.0
+    torch.testing.assert_close(diffusion_mse(moved, target, references), diffusion_mse(prediction, target, references))
+    noisy = (prediction - target)[~references]
+    torch.testing.assert_close(diffusion_mse(prediction, target, references), noisy.pow(2).mean())
+
+
+def test_reference_views_reach_the_branch_and_the_unet_clean_at_t_zero(workdir):
+    from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
+
+    cfg = TuneMV3DTrainConfig(**tiny_settings(workdir, workdir / "unused", neus_dropout=0.0, reference_view_share=1.0,
+                                              max_reference_views=2))
+    foundation = load_foundation(cfg.pretrained_model)
+    branch = TuneMV3DBranch(*build_branch(foundation, cfg)).train()
+    seen = {}
+    branch.register_forward_pre_hook(lambda module, args: seen.update(views=args[0], t=args[1]))
+    unet_t = []
+    foundation.unet.register_forward_pre_hook(lambda module, args: unet_t.append(args[1]))
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    batch = collate_multiview([dataset[0], dataset[1]])
+    training_losses(branch, foundation, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    references = seen["t"] == 0
+    assert 1 <= references.sum(1).min() and references.sum(1).max() <= 2
+    clean = foundation.to_space(batch["images"], None)
+    torch.testing.assert_close(seen["views"][references], clean[references])
+    assert not torch.allclose(seen["views"][~references], clean[~references])
+    torch.testing.assert_close(unet_t[0], seen["t"].flatten())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -167,7 +167,7 @@ class TuneMV3DBranch(torch.nn.Module):
         """
         Args:
             noisy_views: ``[B, V, C, h, w]`` x_t of the input views (diffusion space).
-            timesteps: ``[B]`` one t an object.
+            timesteps: ``[B]`` one t an object, or ``[B, V]`` one a view (a clean reference view at 0, §3.4).
             text: ``[B, L, D]`` text embeddings.
             cameras: input cameras, batch shape ``[B, V]``, at ``h x w``.
             keep_neus: ``[B]`` bool; False runs that object's branch without the NeuS (§3.3).

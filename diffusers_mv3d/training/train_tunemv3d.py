@@ -108,6 +108,10 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
     """Random pixels a supervision view renders a step (the same pixels in each view), at the diffusion-space resolution."""
     neus_dropout: float = 0.1
     """Fraction of objects whose branch runs without the NeuS render and samples (trains the consistency-guidance pass, §3.3)."""
+    reference_view_share: float = 0.0
+    """Fraction of objects in which 1 to max_reference_views random input views are clean (timestep 0, no noise) and carry no diffusion loss, as the pipeline clamps reference views (§3.4)."""
+    max_reference_views: int = 3
+    """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +121,9 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
         self.check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
         self.check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
+        self.check(0.0 <= self.reference_view_share <= 1.0, "reference_view_share", "must be in [0, 1]")
+        self.check(1 <= self.max_reference_views < self.num_input_views, "max_reference_views",
+                   f"must be >= 1 and below num_input_views={self.num_input_views} (a view must stay noisy)")
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
@@ -139,16 +146,27 @@ def _area_resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 def step_draws(generator: torch.Generator, batch: int, views: int, channels: int, size: Tuple[int, int],
                num_timesteps: int, num_rays: int, cfg: TuneMV3DTrainConfig) -> Dict[str, torch.Tensor]:
-    """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them)."""
+    """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them).
+
+    ``reference_views [B, V]`` marks the clean reference views (§3.4); it is drawn last and only with
+    ``reference_view_share > 0``, so runs without references draw what they drew before it existed.
+    """
     height, width = size
-    return {
+    draws = {
         "drop_caption": torch.rand(batch, generator=generator) < cfg.caption_dropout,
         "keep_neus": torch.rand(batch, generator=generator) >= cfg.neus_dropout,
         "timesteps": torch.randint(0, num_timesteps, (batch,), generator=generator),
         "noise": torch.randn((batch, views, channels, height, width), generator=generator),
         "pixel_indices": torch.randperm(height * width, generator=generator)[: min(num_rays, height * width)],
         "global_seed": torch.randint(0, 2**62, (1,), generator=generator),
+        "reference_views": torch.zeros(batch, views, dtype=torch.bool),
     }
+    if cfg.reference_view_share > 0:
+        with_references = torch.rand(batch, generator=generator) < cfg.reference_view_share
+        counts = torch.randint(1, cfg.max_reference_views + 1, (batch,), generator=generator) * with_references
+        rank = torch.rand(batch, views, generator=generator).argsort(1).argsort(1)  # a random order of the views
+        draws["reference_views"] = rank < counts[:, None]
+    return draws
 
 
 def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTrainConfig,
@@ -172,11 +190,12 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
     cameras = batch["cameras"].to(device).rescale(space, space)
     supervision_cameras = batch["supervision_cameras"].to(device).rescale(space, space)
 
-    # 2. forward diffusion of the input views, one t an object
-    x0, t = clean[:, :v], draws["timesteps"].to(device)
+    # 2. forward diffusion of the input views, one t an object; reference views stay clean at t = 0 (§3.4)
+    x0, references = clean[:, :v], draws["reference_views"].to(device)
+    t = draws["timesteps"].to(device)[:, None].expand(b, v).masked_fill(references, 0)  # [B, V]
     noise = draws["noise"].to(device)
-    x_t = foundation.noise_scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t.repeat_interleave(v))
-    x_t = x_t.reshape(x0.shape)
+    x_t = foundation.noise_scheduler.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).reshape(x0.shape)
+    x_t = torch.where(references[:, :, None, None, None], x0, x_t)
     captions = ["" if drop else caption for drop, caption in zip(draws["drop_caption"].tolist(), batch["caption"])]
     text = foundation.encode_text(captions).to(device)
 
@@ -184,9 +203,8 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
     pixel_indices = draws["pixel_indices"].to(device)
     out = branch(x_t, t, text, cameras, draws["keep_neus"].to(device), supervision_cameras, pixel_indices)
     prediction = foundation.unet_prediction(x_t, t, text, (out["down"], out["mid"]))
-    target = unfold_views(prediction_target(foundation.noise_scheduler, fold_views(x0), fold_views(noise),
-                                            t.repeat_interleave(v)), v)
-    loss_diffusion = F.mse_loss(prediction.float(), target.float())
+    target = unfold_views(prediction_target(foundation.noise_scheduler, fold_views(x0), fold_views(noise), t.flatten()), v)
+    loss_diffusion = diffusion_mse(prediction.float(), target.float(), references)
 
     # 4. NeuS reconstruction: full render of the input views + ray subset of the supervision views
     size = tuple(out["x0"].shape[-2:])
@@ -204,8 +222,19 @@ def training_losses(branch, foundation: Foundation, batch: Dict, cfg: TuneMV3DTr
     loss = (cfg.diffusion_loss_weight * loss_diffusion + cfg.reconstruction_loss_weight * loss_reconstruction
             + cfg.mask_loss_weight * loss_mask)
     parts = {"loss_diffusion": loss_diffusion.item(), "loss_reconstruction": loss_reconstruction.item(),
-             "loss_mask": loss_mask.item(), "neus_kept": float(draws["keep_neus"].float().mean())}
+             "loss_mask": loss_mask.item(), "neus_kept": float(draws["keep_neus"].float().mean()),
+             "reference_views": float(references.float().mean())}
     return loss, parts
+
+
+def diffusion_mse(prediction: torch.Tensor, target: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """MSE over the views ``[B, V, ...]`` that are not references (``references [B, V]`` bool): a clamped
+    reference has no noise to predict. Without references, exactly ``F.mse_loss``."""
+    if not references.any():
+        return F.mse_loss(prediction, target)
+    per_view = (prediction - target).pow(2).flatten(2).mean(-1)  # [B, V]
+    noisy = (~references).float()
+    return (per_view * noisy).sum() / noisy.sum()
 
 
 # ----------------------------------------------------------------------------------------------
