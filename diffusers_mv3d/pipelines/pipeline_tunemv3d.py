@@ -369,7 +369,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         consistency_scale: Optional[float] = None,
         eta: Optional[float] = None,
         share_branch: bool = True,
-        neus_interval: int = 2,
+        neus_interval: int = 3,
         shared_noise_tiles: Optional[int] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
