@@ -16,6 +16,7 @@ import PIL.Image
 
 from .data.render import embree_available
 from .io_utils import atomic_write
+from .threads import torch_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -250,18 +251,24 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--eta", type=float, default=None, help="DDIM's eta: 0 deterministic, 1 stochastic (model default if unset)")
     parser.add_argument("--mesh-resolution", type=int, default=64, help="marching-cubes grid size")
     parser.add_argument("--no-mesh", action="store_true", help="skip the mesh and the turntable")
+    parser.add_argument("--num-threads", type=int, default=0,
+                        help="CPU threads (0: torch's default, one a core); on a machine whose cores are busy, 1 "
+                             "avoids threads waiting on each other (several times faster there: docs/results.md)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.prompt and args.image is None:
         raise ValueError("give a prompt, or --image for image-to-multiview")
-    result = generate(
-        args.prompt, args.out, model=args.model, views=args.views, steps=args.steps, seed=args.seed,
-        image=args.image, guidance_scale=args.guidance_scale, consistency_ratio=args.consistency_ratio,
-        consistency_scale=args.consistency_scale, eta=args.eta, mesh=not args.no_mesh, mesh_resolution=args.mesh_resolution,
-        elevation=args.elevation, azimuths=args.azimuths,
-    )
+    if args.num_threads < 0:
+        raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {args.num_threads}")
+    with torch_threads(args.num_threads or None):
+        result = generate(
+            args.prompt, args.out, model=args.model, views=args.views, steps=args.steps, seed=args.seed,
+            image=args.image, guidance_scale=args.guidance_scale, consistency_ratio=args.consistency_ratio,
+            consistency_scale=args.consistency_scale, eta=args.eta, mesh=not args.no_mesh,
+            mesh_resolution=args.mesh_resolution, elevation=args.elevation, azimuths=args.azimuths,
+        )
     files, views = result["files"], result["views"]
     print(f"generated {views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")
     for name in ("views", "cameras", "mesh", "turntable"):

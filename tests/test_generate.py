@@ -67,6 +67,7 @@ def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(mod
         (["a mug", "--consistency-ratio", "2"], "--consistency-ratio"),
         (["a mug", "--eta", "nan"], "--eta"),
         (["a mug", "--mesh-resolution", "1"], "--mesh-resolution"),
+        (["a mug", "--num-threads", "-1"], "--num-threads"),
     ]
     for argv, flag in cases:
         out = ["--out", str(tmp_path / "out")] if "--out" not in argv else []
@@ -143,3 +144,19 @@ def test_help_shows_real_defaults_and_never_none(command, capsys):
     assert "(default: None)" not in text
     assert "(default: the embedded pipelines/tunemv3d-tiny)" in text
     assert ("(default: 30)" if command == "generate" else "(default: 7860)") in text
+
+
+def test_num_threads_applies_to_the_run_and_is_restored(monkeypatch, tmp_path):
+    import diffusers_mv3d.generate as module
+
+    seen = []
+    monkeypatch.setattr(module, "generate", lambda *args, **kwargs: seen.append(torch.get_num_threads())
+                        or {"files": {}, "views": 1, "seconds": 0.0})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["generate", "a mug", "--num-threads", "1", "--out", str(tmp_path)]) == 0
+        assert main(["generate", "a mug", "--out", str(tmp_path)]) == 0
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
