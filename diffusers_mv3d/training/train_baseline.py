@@ -98,8 +98,7 @@ class BaselineTrainConfig(FoundationTuningSettings):
     kind: str = "finetune"
     """finetune (all UNet weights, views independent) or mvdream (the same + self-attention over all views of an object + camera embedding)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_settings(self) -> None:
         self.check(self.kind in KINDS, "kind", "must be finetune or mvdream")
         self.check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
               "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")

@@ -146,12 +146,12 @@ class FoundationTrainConfig(GuidedRunSettings):
     validation_inference_steps: int = 50
     """DDIM steps of the validation samples."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"num_threads": 0, "num_train_timesteps": 2, "snr_gamma": 0, "noise_offset": 0, "vlb_weight": 0,
+                "layers_per_block": 1, "attention_heads": 1, "norm_num_groups": 1, "text_layers": 1,
+                "validation_images_per_prompt": 1, "validation_inference_steps": 1}
+
+    def check_settings(self) -> None:
         levels = len(self.block_out_channels)
-        self.check_at_least({"num_threads": 0, "num_train_timesteps": 2, "snr_gamma": 0, "noise_offset": 0,
-                              "vlb_weight": 0, "layers_per_block": 1, "attention_heads": 1, "norm_num_groups": 1,
-                              "text_layers": 1, "validation_images_per_prompt": 1, "validation_inference_steps": 1})
         self.check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
         self.check(self.ema_power > 0, "ema_power", "must be > 0")
         self.check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")

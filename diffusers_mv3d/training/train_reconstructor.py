@@ -92,9 +92,9 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     validation_mesh_resolution: int = 48
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_at_least({"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1})
+    at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1}
+
+    def check_settings(self) -> None:
         self.check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
         self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")

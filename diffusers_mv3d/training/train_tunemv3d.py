@@ -113,11 +113,11 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1}
+
+    def check_settings(self) -> None:
         self.check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
         self.check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
-        self.check_at_least({"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1})
         self.check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
         self.check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
