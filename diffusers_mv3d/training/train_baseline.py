@@ -48,14 +48,13 @@ import torch
 import torch.nn.functional as F
 
 from ..foundation import BASELINE_FILE, Foundation, predicted_x0, prediction_target, unet_on_views
-from ..hub import losses_from_log, write_model_card
+from ..hub import write_model_card
 from ..io_utils import atomic_write_folder
 from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
 from ..sampling import sample_views
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .runner import (
     StepHooks,
     batch_stream,
@@ -210,16 +209,11 @@ def save_model_folder(folder: Path, unet, cfg: BaselineTrainConfig, step: int, l
             components["unet"] += (" (class_embed_type projection: the camera MLP; load with load_baseline, which "
                                    "installs the self-attention over views)")
         write_model_card(
-            tmp,
+            tmp, cfg, "diffusers-mv3d train-baseline", step, log_path, LOSS_KEYS,
             title=f"TuneMV3D baseline: {cfg.kind}",
             description=DESCRIPTIONS[cfg.kind],
             base_model=cfg.pretrained_model,
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train-baseline", cfg),
             components={**components, "others": "the base model's components, unchanged"},
-            settings=cfg,
             usage=USAGE,
         )
 

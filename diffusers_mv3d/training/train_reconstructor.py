@@ -32,13 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
-from ..hub import losses_from_log, write_model_card
-from ..io_utils import atomic_write_folder
+from ..hub import write_model_folder
 from ..mesh import mesh_from_neus
 from .branch import NEUS_SETTINGS, NeuSSettings, NeuSSupervisionSettings, build_neus
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
@@ -216,27 +214,17 @@ mesh = mesh_from_neus(reconstructor, context, resolution=128)
 
 def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: int, log_path: Path) -> None:
     """``model/``: ``reconstructor/`` (save_pretrained, safetensors) and README.md, atomically."""
-
-    def write(tmp: Path) -> None:
-        neus.save_pretrained(tmp / "reconstructor", safe_serialization=True)
-        write_model_card(
-            tmp,
-            title="TuneMV3D reconstructor: feed-forward SparseNeuS on clean views",
-            description=("The post-processing model of TuneMV3D §3.5: a LatentSparseNeuS trained on clean multi-view "
-                         "renders (pixel space, t = 0) that turns generated views into an SDF and a mesh in one "
-                         "forward pass. The `reconstructor` component of a TuneMV3DPipeline."),
-            base_model="none (trained from scratch)",
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train-reconstructor", cfg),
-            components={"reconstructor": "LatentSparseNeuS (diffusers_mv3d), in_channels 3"},
-            settings=cfg,
-            tags=("diffusers", "diffusers-mv3d", "tunemv3d", "sparseneus", "image-to-3d"),
-            usage=USAGE,
-        )
-
-    atomic_write_folder(folder, write)
+    write_model_folder(
+        folder, {"reconstructor": neus}, cfg, "diffusers-mv3d train-reconstructor", step, log_path, LOSS_KEYS,
+        title="TuneMV3D reconstructor: feed-forward SparseNeuS on clean views",
+        description=("The post-processing model of TuneMV3D §3.5: a LatentSparseNeuS trained on clean multi-view "
+                     "renders (pixel space, t = 0) that turns generated views into an SDF and a mesh in one "
+                     "forward pass. The `reconstructor` component of a TuneMV3DPipeline."),
+        base_model="none (trained from scratch)",
+        components={"reconstructor": "LatentSparseNeuS (diffusers_mv3d), in_channels 3"},
+        tags=("diffusers", "diffusers-mv3d", "tunemv3d", "sparseneus", "image-to-3d"),
+        usage=USAGE,
+    )
 
 
 def validation_outputs(neus, item: Dict, cfg: ReconstructorTrainConfig, device: torch.device, step: int,

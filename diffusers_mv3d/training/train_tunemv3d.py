@@ -50,14 +50,12 @@ import torch
 import torch.nn.functional as F
 
 from ..foundation import Foundation, predicted_x0, prediction_target
-from ..hub import losses_from_log, write_model_card
-from ..io_utils import atomic_write_folder
+from ..hub import write_model_folder
 from ..models.views import fold_views, unfold_views
 from ..sampling import ddim_scheduler
 from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
@@ -253,29 +251,18 @@ neus = LatentSparseNeuS.from_pretrained("PATH", subfolder="neus")
 
 def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, step: int, log_path: Path) -> None:
     """``model/``: ``controlnet/`` and ``neus/`` (save_pretrained, safetensors) and README.md, atomically."""
-
-    def write(tmp: Path) -> None:
-        controlnet.save_pretrained(tmp / "controlnet", safe_serialization=True)
-        neus.save_pretrained(tmp / "neus", safe_serialization=True)
-        write_model_card(
-            tmp,
-            title="TuneMV3D branch: multi-view ControlNet + latent SparseNeuS",
-            description=("The trained parts of TuneMV3D (multi-view 3D generation by tuning a frozen text-to-image "
-                         "model): the multi-view ControlNet branch and the latent SparseNeuS, trained with the "
-                         "base model frozen. Load them with the base model's UNet, text encoder, tokenizer "
-                         "(and VAE) into a TuneMV3DPipeline."),
-            base_model=cfg.pretrained_model,
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train", cfg),
-            components={"controlnet": "MultiViewControlNetModel (diffusers_mv3d)",
-                        "neus": "LatentSparseNeuS (diffusers_mv3d), renders x0 in the base model's diffusion space"},
-            settings=cfg,
-            usage=USAGE,
-        )
-
-    atomic_write_folder(folder, write)
+    write_model_folder(
+        folder, {"controlnet": controlnet, "neus": neus}, cfg, "diffusers-mv3d train", step, log_path, LOSS_KEYS,
+        title="TuneMV3D branch: multi-view ControlNet + latent SparseNeuS",
+        description=("The trained parts of TuneMV3D (multi-view 3D generation by tuning a frozen text-to-image "
+                     "model): the multi-view ControlNet branch and the latent SparseNeuS, trained with the "
+                     "base model frozen. Load them with the base model's UNet, text encoder, tokenizer "
+                     "(and VAE) into a TuneMV3DPipeline."),
+        base_model=cfg.pretrained_model,
+        components={"controlnet": "MultiViewControlNetModel (diffusers_mv3d)",
+                    "neus": "LatentSparseNeuS (diffusers_mv3d), renders x0 in the base model's diffusion space"},
+        usage=USAGE,
+    )
 
 
 @torch.no_grad()
