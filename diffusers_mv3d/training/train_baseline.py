@@ -57,11 +57,9 @@ from .checkpointing import check_architecture
 from .common import eval_mode, script_main
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
-    load_foundation_for,
     prepare_training,
-    start_multiview_run,
+    start_tuning_run,
     train_loop,
 )
 from .settings import FoundationTuningSettings
@@ -263,9 +261,8 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     from ..data.dataset import collate_multiview
 
     # 1. Processes, folders, data, the foundation
-    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
+    accelerator, log_path, dataset, resume_from, foundation = start_tuning_run(cfg)
     device = accelerator.device
-    foundation = load_foundation_for(cfg, device)
 
     # 2. The trained UNet: fresh (from the foundation's), or the checkpoint's; text encoder (and VAE) stay frozen
     if resume_from is None:
@@ -286,8 +283,6 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     parts = replace(foundation, unet=raw)  # the frozen text encoder (VAE, schedule) with the trained UNet
     del foundation  # (mvdream: frees the foundation's own UNet)
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw, cfg, step, log_path)
 
@@ -300,7 +295,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
     result = train_loop(cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler,
-                        loader, start_step, end_step, hooks)
+                        dataset, collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
 
 

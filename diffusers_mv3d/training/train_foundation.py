@@ -58,7 +58,6 @@ from .foundation_model import (
 )
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
     prepare_training,
     start_run,
@@ -274,7 +273,6 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, raw, optimizer, resume_from)
     ema.to(accelerator.device)
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate, start_step)
     prompts = _pick_validation_prompts(cfg, captions)
 
     def with_ema_weights(fn):
@@ -312,8 +310,8 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
                       grid_columns=len(prompts), after_step=lambda: ema.step(params),
                       checkpoint_extras=ema_checkpoint_extras(raw, ema))
     models = {"unet": raw.unet, "text_encoder": raw.text_encoder}
-    result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, loader,
-                        start_step, end_step, hooks)
+    result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, dataset,
+                        collate, start_step, hooks)
     return finish_run(accelerator, cfg, result, models)
 
 

@@ -40,7 +40,6 @@ from .common import eval_mode, script_main
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
     prepare_training,
     start_multiview_run,
@@ -261,8 +260,6 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(step_module)
     models = {"reconstructor": raw.neus}
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.neus, cfg, step, log_path)
 
@@ -275,7 +272,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
     result = train_loop(cfg, accelerator, "train-reconstructor", models, list(raw.parameters()), optimizer,
-                        lr_scheduler, loader, start_step, end_step, hooks)
+                        lr_scheduler, dataset, collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D reconstructor")
 
 

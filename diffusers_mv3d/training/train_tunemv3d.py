@@ -59,11 +59,9 @@ from .common import eval_mode, script_main
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
-    load_foundation_for,
     prepare_training,
-    start_multiview_run,
+    start_tuning_run,
     train_loop,
 )
 from .settings import FoundationTuningSettings
@@ -342,9 +340,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     # 1. Processes, folders, data, the frozen foundation
-    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
+    accelerator, log_path, dataset, resume_from, foundation = start_tuning_run(cfg)
     device = accelerator.device
-    foundation = load_foundation_for(cfg, device)
 
     # 2. The trained models: fresh, or the weights of the checkpoint
     if resume_from is None:
@@ -366,8 +363,6 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(branch)
     models = {"controlnet": raw.controlnet, "neus": raw.neus}
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
 
@@ -379,8 +374,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
         compute_losses=lambda batch, generator: training_losses(branch, foundation, batch, cfg, generator, device),
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
-    result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-                        start_step, end_step, hooks)
+    result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, dataset,
+                        collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D branch")
 
 
