@@ -2,9 +2,10 @@
 
 Every folder the project publishes (a trainer's ``model/`` or ``pipeline/``, an assembled pipeline)
 goes through here: :func:`write_pipeline_folder` saves a diffusers pipeline atomically with a
-tokenizer both transformers 4 and 5 load, :func:`model_card_front_matter` starts its card,
-:func:`model_card_text` is a trainer folder's card (base model, data, steps, last losses, the exact
-command), and :func:`push_folder_to_hub` uploads a finished folder.
+tokenizer both transformers 4 and 5 load, :func:`write_model_folder` a trainer's models,
+:func:`model_card_front_matter` starts a card, :func:`model_card_text` is a trainer folder's card (base
+model, data, steps, last losses, the exact command; :func:`write_model_card` fills these in from the
+run), and :func:`push_folder_to_hub` uploads a finished folder.
 """
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from .io_utils import atomic_write_folder
-from .training.config import config_to_dict
+from .training.config import command_line, config_to_dict
 
 __all__ = [
     "losses_from_log",
@@ -24,6 +25,7 @@ __all__ = [
     "push_folder_to_hub",
     "run_summary",
     "write_model_card",
+    "write_model_folder",
     "write_pipeline_folder",
 ]
 
@@ -75,11 +77,31 @@ def model_card_text(
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(folder: Path, **kwargs) -> Path:
-    """Write ``folder/README.md`` from :func:`model_card_text`'s arguments; returns its path."""
+def write_model_card(folder: Path, cfg: Any, program: str, step: int, log_path: Path, loss_keys: Sequence[str],
+                     **card) -> Path:
+    """Write ``folder/README.md``, the card of a trainer's folder at ``step``: :func:`model_card_text` with
+    the run's data (``cfg.data_dir``), the ``loss_keys`` of the last ``log_path`` record, the command
+    (``program`` and the settings that differ from the defaults) and the settings; ``card`` holds the
+    other arguments (title, description, base_model, components, usage, tags). Returns its path."""
     path = Path(folder) / "README.md"
-    path.write_text(model_card_text(**kwargs), encoding="utf-8")
+    text = model_card_text(data=cfg.data_dir, steps=step, losses=losses_from_log(log_path, loss_keys),
+                           command=command_line(program, cfg), settings=cfg, **card)
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def write_model_folder(final: Path, models: Mapping[str, Any], cfg: Any, program: str, step: int, log_path: Path,
+                       loss_keys: Sequence[str], **card) -> Path:
+    """A trainer's ``model/`` folder, written whole (:func:`~diffusers_mv3d.io_utils.atomic_write_folder`):
+    each of ``models`` saved in its own subfolder (``save_pretrained``, safetensors) and the README.md
+    of :func:`write_model_card` (the other arguments); returns ``final``."""
+
+    def write(tmp: Path) -> None:
+        for name, model in models.items():
+            model.save_pretrained(tmp / name, safe_serialization=True)
+        write_model_card(tmp, cfg, program, step, log_path, loss_keys, **card)
+
+    return atomic_write_folder(final, write)
 
 
 def write_pipeline_folder(pipe, final: Path, card: Optional[str] = None) -> Path:

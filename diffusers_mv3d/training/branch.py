@@ -46,12 +46,9 @@ class NeuSSettings(SettingChecks):
     neus_chunk_size: int = 16384
     """Rays rendered at once (bounds peak memory, not the result)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_at_least({"neus_num_coarse_samples": 2, "neus_num_importance_samples": 0, "neus_feature_channels": 1,
-                              "neus_encoder_channels": 1, "neus_encoder_downsample": 1, "neus_hidden_dim": 1,
-                              "neus_num_sdf_layers": 1, "neus_num_color_layers": 1, "neus_num_frequencies": 0,
-                              "neus_chunk_size": 1})
+    at_least = {"neus_num_coarse_samples": 2, "neus_num_importance_samples": 0, "neus_feature_channels": 1,
+                "neus_encoder_channels": 1, "neus_encoder_downsample": 1, "neus_hidden_dim": 1, "neus_num_sdf_layers": 1,
+                "neus_num_color_layers": 1, "neus_num_frequencies": 0, "neus_chunk_size": 1}
 
     def neus_arguments(self) -> Dict[str, int]:
         """The :class:`LatentSparseNeuS` arguments these settings fix."""
@@ -73,9 +70,7 @@ class NeuSSupervisionSettings(SettingChecks):
     mask_loss_weight: float = 0.1
     """Weight of the BCE between the rendered opacity and the object masks."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_at_least({"num_supervision_views": 0, "mask_loss_weight": 0})
+    at_least = {"num_supervision_views": 0, "mask_loss_weight": 0}
 
 
 @dataclass
@@ -95,14 +90,13 @@ class BranchSettings(NeuSSettings):
     conditioning_channels: Tuple[int, ...] = (16,)
     """Channels of the branch's condition embedding (one stage keeps the render's resolution)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"neus_render_resolution": 0, "geometry_attention_heads": 1, "geometry_attention_samples": 1}
+
+    def check_settings(self) -> None:
         self.check(all(level >= 0 for level in self.geometry_attention_levels), "geometry_attention_levels",
               "must be down-block indices >= 0")
         self.check(self.geometry_attention_neighbourhood >= 1 and self.geometry_attention_neighbourhood % 2 == 1,
               "geometry_attention_neighbourhood", "must be odd and >= 1")
-        self.check_at_least({"neus_render_resolution": 0, "geometry_attention_heads": 1,
-                              "geometry_attention_samples": 1})
         self.check(len(self.conditioning_channels) >= 1 and all(c > 0 for c in self.conditioning_channels),
               "conditioning_channels", "must be positive channel counts")
 

@@ -1,6 +1,6 @@
 """One runner for every trainer: processes, data, the step loop with its hooks, checkpoints and the summary.
 
-A trainer builds its models, optimizer and schedule, then hands :func:`train_loop` its
+A trainer builds its models, optimizer and schedule, then hands :func:`train_loop` its dataset and
 :class:`StepHooks`: ``compute_losses(batch, generator) -> (loss, parts)`` (one step's weighted loss and
 its parts as floats), ``save_model(folder, step)`` (the ``model/`` or ``pipeline/`` folder),
 ``validate(step, samples_dir) -> (grid, record)`` (the validation grid and the metrics logged with it),
@@ -52,6 +52,7 @@ __all__ = [
     "run_paths",
     "start_multiview_run",
     "start_run",
+    "start_tuning_run",
     "train_loop",
     "write_checkpoint",
     "write_run_config",
@@ -167,6 +168,14 @@ def load_foundation_for(cfg, device: torch.device) -> Foundation:
     return foundation
 
 
+def start_tuning_run(cfg) -> Tuple[object, Path, object, Optional[Path], Foundation]:
+    """The start of the trainers that tune a frozen foundation (``train``, ``train-baseline``):
+    :func:`start_multiview_run`'s ``(accelerator, log_path, dataset, resume_from)`` and the foundation on
+    the process's device (:func:`load_foundation_for`)."""
+    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
+    return accelerator, log_path, dataset, resume_from, load_foundation_for(cfg, accelerator.device)
+
+
 def write_run_config(accelerator, cfg) -> None:
     """Create ``--output-dir`` and write ``config.yaml`` there (main process only)."""
     output_dir, _, _ = run_paths(cfg)
@@ -268,9 +277,10 @@ class LoopResult:
 
 
 def train_loop(cfg, accelerator, desc: str, models: Dict[str, torch.nn.Module], params: List[torch.nn.Parameter],
-               optimizer, lr_scheduler, loader: Iterable, start_step: int, end_step: int,
+               optimizer, lr_scheduler, dataset, collate_fn: Callable, start_step: int,
                hooks: StepHooks) -> LoopResult:
-    """Train steps ``start_step .. end_step - 1``; every random draw of step s comes from step_generator(seed, s, rank).
+    """Train steps ``start_step .. end_step - 1`` on the batches of ``dataset`` (:func:`batch_stream`, which
+    also writes ``config.yaml``); every random draw of step s comes from step_generator(seed, s, rank).
 
     Each step: ``hooks.compute_losses(batch, generator)`` under autocast, backward, clip, optimizer and
     schedule step, ``hooks.after_step()``; then a ``log.jsonl`` record every ``--log-every`` steps, a
@@ -280,6 +290,7 @@ def train_loop(cfg, accelerator, desc: str, models: Dict[str, torch.nn.Module], 
     """
     from tqdm.auto import tqdm
 
+    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_fn, start_step)
     _, _, log_path = run_paths(cfg)
     rank = accelerator.process_index
     progress = tqdm(total=cfg.max_train_steps, initial=start_step, disable=not accelerator.is_main_process,

@@ -11,9 +11,9 @@ validation grid's noise levels. A trainer redeclares a field only to
 change its default (and then gives it its own docstring). Flags, ``--config`` files and ``--dry-run``
 come from the fields (:mod:`.config`); the base fields come first, then the trainer's own.
 
-Every ``__post_init__`` checks its own fields and raises ``ValueError`` naming the flag
-(:meth:`SettingChecks.check`, :meth:`SettingChecks.check_at_least`); a subclass calls
-``super().__post_init__()`` first.
+Every class checks its own fields, bases first (:class:`SettingChecks`): the least values in its
+``at_least`` table, the rest in its ``check_settings``, each raising ``ValueError`` naming the flag
+(:meth:`SettingChecks.check`).
 """
 
 from dataclasses import dataclass
@@ -25,27 +25,29 @@ __all__ = ["FoundationTuningSettings", "GuidedRunSettings", "MultiViewRunSetting
 
 
 class SettingChecks:
-    """What every settings class shares: a cooperative ``__post_init__`` (a class's checks run after its
-    bases'), lists given for tuple fields (YAML, callers) made tuples, and checks that raise
+    """What every settings class shares: lists given for tuple fields (YAML, callers) made tuples, then
+    the checks of every class in the MRO, bases first: its own :attr:`at_least` table, then its own
+    ``check_settings()`` if it defines one. A failed check raises
     ``ValueError("--field requirement, got value")``."""
 
+    at_least: ClassVar[Dict[str, int]] = {}
+    """Field -> the least value it may take (``must be >= minimum``); a class lists only the bounds it adds."""
+
     def __post_init__(self) -> None:
-        following = getattr(super(), "__post_init__", None)
-        if following is not None:
-            following()
         for name, value in vars(self).items():
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
+        for klass in reversed(type(self).__mro__):
+            own = vars(klass)
+            for name, minimum in own.get("at_least", {}).items():
+                self.check(getattr(self, name) >= minimum, name, f"must be >= {minimum}")
+            if "check_settings" in own:
+                own["check_settings"](self)
 
     def check(self, ok: bool, field: str, requirement: str) -> None:
         """Raise ``ValueError("--field requirement, got value")`` when not ``ok``."""
         if not ok:
             raise ValueError(f"{flag_name(field)} {requirement}, got {getattr(self, field)!r}")
-
-    def check_at_least(self, minimums: Dict[str, int]) -> None:
-        """For each ``field -> minimum``: :meth:`check` that the field is ``>= minimum``."""
-        for name, minimum in minimums.items():
-            self.check(getattr(self, name) >= minimum, name, f"must be >= {minimum}")
 
 
 @dataclass
@@ -103,17 +105,16 @@ class RunSettings(SettingChecks):
     log_every: int = 10
     """Append the losses, lr, samples/s, peak RSS and process CPU seconds to log.jsonl every this many steps."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"num_workers": 0, "lr_warmup_steps": 0, "weight_decay": 0, "seed": 0, "checkpointing_steps": 1,
+                "checkpoints_total_limit": 0, "stop_at_step": 0, "max_minutes": 0, "validation_steps": 0, "log_every": 1}
+
+    def check_settings(self) -> None:
         self.check(bool(self.data_dir), "data_dir", "must name a folder")
         self.check(bool(self.output_dir), "output_dir", "must name a folder")
         for name in ("resolution", "max_train_steps", "batch_size", "learning_rate", "max_grad_norm"):
             self.check(getattr(self, name) > 0, name, "must be > 0")
         self.check(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         self.check(self.resume is None or bool(self.resume), "resume", 'must be "latest" or a checkpoint folder')
-        self.check_at_least({"num_workers": 0, "lr_warmup_steps": 0, "weight_decay": 0, "seed": 0,
-                              "checkpointing_steps": 1, "checkpoints_total_limit": 0, "stop_at_step": 0,
-                              "max_minutes": 0, "validation_steps": 0, "log_every": 1})
 
     def architecture(self) -> Dict[str, object]:
         """The values of :attr:`architecture_settings` (saved with every checkpoint)."""
@@ -136,8 +137,7 @@ class MultiViewRunSettings(RunSettings):
     hub_private: bool = False
     """Create the Hub repository private."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_settings(self) -> None:
         self.check(self.lr_scheduler in ("constant", "cosine"), "lr_scheduler", "must be constant or cosine")
         self.check(not self.push_to_hub or bool(self.hub_model_id), "hub_model_id", "must name a repository with --push-to-hub")
 
@@ -154,10 +154,10 @@ class GuidedRunSettings(RunSettings):
     validation_guidance_scale: float = 3.0
     """Classifier-free guidance scale of the validation samples."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"validation_inference_steps": 0, "validation_guidance_scale": 1}
+
+    def check_settings(self) -> None:
         self.check(0.0 <= self.caption_dropout < 1.0, "caption_dropout", "must be in [0, 1)")
-        self.check_at_least({"validation_inference_steps": 0, "validation_guidance_scale": 1})
 
 
 @dataclass
@@ -170,8 +170,7 @@ class FoundationTuningSettings(MultiViewRunSettings, GuidedRunSettings):
     validation_timesteps: Tuple[int, ...] = (250, 750)
     """Noise levels of the validation grid: per t, rows of the noisy views and the one-step x0 prediction (and the trainer's own rows)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_settings(self) -> None:
         self.check(bool(self.pretrained_model), "pretrained_model", "must name a pipeline folder")
         self.check(len(self.validation_timesteps) >= 1 and all(t >= 0 for t in self.validation_timesteps),
               "validation_timesteps", "must be one or more timesteps >= 0")

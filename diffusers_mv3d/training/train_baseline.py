@@ -48,21 +48,18 @@ import torch
 import torch.nn.functional as F
 
 from ..foundation import BASELINE_FILE, Foundation, predicted_x0, prediction_target, unet_on_views
-from ..hub import losses_from_log, write_model_card
+from ..hub import write_model_card
 from ..io_utils import atomic_write_folder
 from ..models.multiview_self_attention import camera_conditioned_unet, camera_embedding, set_multiview_self_attention
 from ..models.views import fold_views, unfold_views
 from ..sampling import sample_views
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
-    load_foundation_for,
     prepare_training,
-    start_multiview_run,
+    start_tuning_run,
     train_loop,
 )
 from .settings import FoundationTuningSettings
@@ -98,8 +95,7 @@ class BaselineTrainConfig(FoundationTuningSettings):
     kind: str = "finetune"
     """finetune (all UNet weights, views independent) or mvdream (the same + self-attention over all views of an object + camera embedding)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_settings(self) -> None:
         self.check(self.kind in KINDS, "kind", "must be finetune or mvdream")
         self.check(self.num_input_views >= (2 if self.kind == "mvdream" else 1), "num_input_views",
               "must be >= 1 (>= 2 with --kind mvdream: the views attend to each other)")
@@ -211,16 +207,11 @@ def save_model_folder(folder: Path, unet, cfg: BaselineTrainConfig, step: int, l
             components["unet"] += (" (class_embed_type projection: the camera MLP; load with load_baseline, which "
                                    "installs the self-attention over views)")
         write_model_card(
-            tmp,
+            tmp, cfg, "diffusers-mv3d train-baseline", step, log_path, LOSS_KEYS,
             title=f"TuneMV3D baseline: {cfg.kind}",
             description=DESCRIPTIONS[cfg.kind],
             base_model=cfg.pretrained_model,
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train-baseline", cfg),
             components={**components, "others": "the base model's components, unchanged"},
-            settings=cfg,
             usage=USAGE,
         )
 
@@ -270,9 +261,8 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     from ..data.dataset import collate_multiview
 
     # 1. Processes, folders, data, the foundation
-    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
+    accelerator, log_path, dataset, resume_from, foundation = start_tuning_run(cfg)
     device = accelerator.device
-    foundation = load_foundation_for(cfg, device)
 
     # 2. The trained UNet: fresh (from the foundation's), or the checkpoint's; text encoder (and VAE) stay frozen
     if resume_from is None:
@@ -293,8 +283,6 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
     parts = replace(foundation, unet=raw)  # the frozen text encoder (VAE, schedule) with the trained UNet
     del foundation  # (mvdream: frees the foundation's own UNet)
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw, cfg, step, log_path)
 
@@ -307,7 +295,7 @@ def main(cfg: BaselineTrainConfig) -> Dict[str, object]:
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
     result = train_loop(cfg, accelerator, "train-baseline", models, list(raw.parameters()), optimizer, lr_scheduler,
-                        loader, start_step, end_step, hooks)
+                        dataset, collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, f"{cfg.kind} baseline")
 
 

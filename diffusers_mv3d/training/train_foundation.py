@@ -58,7 +58,6 @@ from .foundation_model import (
 )
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
     prepare_training,
     start_run,
@@ -146,12 +145,12 @@ class FoundationTrainConfig(GuidedRunSettings):
     validation_inference_steps: int = 50
     """DDIM steps of the validation samples."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"num_threads": 0, "num_train_timesteps": 2, "snr_gamma": 0, "noise_offset": 0, "vlb_weight": 0,
+                "layers_per_block": 1, "attention_heads": 1, "norm_num_groups": 1, "text_layers": 1,
+                "validation_images_per_prompt": 1, "validation_inference_steps": 1}
+
+    def check_settings(self) -> None:
         levels = len(self.block_out_channels)
-        self.check_at_least({"num_threads": 0, "num_train_timesteps": 2, "snr_gamma": 0, "noise_offset": 0,
-                              "vlb_weight": 0, "layers_per_block": 1, "attention_heads": 1, "norm_num_groups": 1,
-                              "text_layers": 1, "validation_images_per_prompt": 1, "validation_inference_steps": 1})
         self.check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
         self.check(self.ema_power > 0, "ema_power", "must be > 0")
         self.check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
@@ -274,7 +273,6 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, raw, optimizer, resume_from)
     ema.to(accelerator.device)
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate, start_step)
     prompts = _pick_validation_prompts(cfg, captions)
 
     def with_ema_weights(fn):
@@ -312,8 +310,8 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
                       grid_columns=len(prompts), after_step=lambda: ema.step(params),
                       checkpoint_extras=ema_checkpoint_extras(raw, ema))
     models = {"unet": raw.unet, "text_encoder": raw.text_encoder}
-    result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, loader,
-                        start_step, end_step, hooks)
+    result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, dataset,
+                        collate, start_step, hooks)
     return finish_run(accelerator, cfg, result, models)
 
 

@@ -32,17 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
-from ..hub import losses_from_log, write_model_card
-from ..io_utils import atomic_write_folder
+from ..hub import write_model_folder
 from ..mesh import mesh_from_neus
 from .branch import NEUS_SETTINGS, NeuSSettings, NeuSSupervisionSettings, build_neus
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
     prepare_training,
     start_multiview_run,
@@ -92,9 +89,9 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     validation_mesh_resolution: int = 48
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_at_least({"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1})
+    at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1}
+
+    def check_settings(self) -> None:
         self.check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
         self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
@@ -216,27 +213,17 @@ mesh = mesh_from_neus(reconstructor, context, resolution=128)
 
 def save_model_folder(folder: Path, neus, cfg: ReconstructorTrainConfig, step: int, log_path: Path) -> None:
     """``model/``: ``reconstructor/`` (save_pretrained, safetensors) and README.md, atomically."""
-
-    def write(tmp: Path) -> None:
-        neus.save_pretrained(tmp / "reconstructor", safe_serialization=True)
-        write_model_card(
-            tmp,
-            title="TuneMV3D reconstructor: feed-forward SparseNeuS on clean views",
-            description=("The post-processing model of TuneMV3D §3.5: a LatentSparseNeuS trained on clean multi-view "
-                         "renders (pixel space, t = 0) that turns generated views into an SDF and a mesh in one "
-                         "forward pass. The `reconstructor` component of a TuneMV3DPipeline."),
-            base_model="none (trained from scratch)",
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train-reconstructor", cfg),
-            components={"reconstructor": "LatentSparseNeuS (diffusers_mv3d), in_channels 3"},
-            settings=cfg,
-            tags=("diffusers", "diffusers-mv3d", "tunemv3d", "sparseneus", "image-to-3d"),
-            usage=USAGE,
-        )
-
-    atomic_write_folder(folder, write)
+    write_model_folder(
+        folder, {"reconstructor": neus}, cfg, "diffusers-mv3d train-reconstructor", step, log_path, LOSS_KEYS,
+        title="TuneMV3D reconstructor: feed-forward SparseNeuS on clean views",
+        description=("The post-processing model of TuneMV3D §3.5: a LatentSparseNeuS trained on clean multi-view "
+                     "renders (pixel space, t = 0) that turns generated views into an SDF and a mesh in one "
+                     "forward pass. The `reconstructor` component of a TuneMV3DPipeline."),
+        base_model="none (trained from scratch)",
+        components={"reconstructor": "LatentSparseNeuS (diffusers_mv3d), in_channels 3"},
+        tags=("diffusers", "diffusers-mv3d", "tunemv3d", "sparseneus", "image-to-3d"),
+        usage=USAGE,
+    )
 
 
 def validation_outputs(neus, item: Dict, cfg: ReconstructorTrainConfig, device: torch.device, step: int,
@@ -273,8 +260,6 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(step_module)
     models = {"reconstructor": raw.neus}
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.neus, cfg, step, log_path)
 
@@ -287,7 +272,7 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
     result = train_loop(cfg, accelerator, "train-reconstructor", models, list(raw.parameters()), optimizer,
-                        lr_scheduler, loader, start_step, end_step, hooks)
+                        lr_scheduler, dataset, collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D reconstructor")
 
 

@@ -50,22 +50,18 @@ import torch
 import torch.nn.functional as F
 
 from ..foundation import Foundation, predicted_x0, prediction_target
-from ..hub import losses_from_log, write_model_card
-from ..io_utils import atomic_write_folder
+from ..hub import write_model_folder
 from ..models.views import fold_views, unfold_views
 from ..sampling import ddim_scheduler
 from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
-from .config import command_line
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
-    batch_stream,
     finish_run,
-    load_foundation_for,
     prepare_training,
-    start_multiview_run,
+    start_tuning_run,
     train_loop,
 )
 from .settings import FoundationTuningSettings
@@ -113,11 +109,11 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    at_least = {"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1}
+
+    def check_settings(self) -> None:
         self.check(self.num_input_views >= 2, "num_input_views", "must be >= 2 (views must see each other)")
         self.check(self.neus_learning_rate > 0, "neus_learning_rate", "must be > 0")
-        self.check_at_least({"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1})
         self.check(self.diffusion_loss_weight + self.reconstruction_loss_weight + self.mask_loss_weight > 0,
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
         self.check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
@@ -253,29 +249,18 @@ neus = LatentSparseNeuS.from_pretrained("PATH", subfolder="neus")
 
 def save_model_folder(folder: Path, controlnet, neus, cfg: TuneMV3DTrainConfig, step: int, log_path: Path) -> None:
     """``model/``: ``controlnet/`` and ``neus/`` (save_pretrained, safetensors) and README.md, atomically."""
-
-    def write(tmp: Path) -> None:
-        controlnet.save_pretrained(tmp / "controlnet", safe_serialization=True)
-        neus.save_pretrained(tmp / "neus", safe_serialization=True)
-        write_model_card(
-            tmp,
-            title="TuneMV3D branch: multi-view ControlNet + latent SparseNeuS",
-            description=("The trained parts of TuneMV3D (multi-view 3D generation by tuning a frozen text-to-image "
-                         "model): the multi-view ControlNet branch and the latent SparseNeuS, trained with the "
-                         "base model frozen. Load them with the base model's UNet, text encoder, tokenizer "
-                         "(and VAE) into a TuneMV3DPipeline."),
-            base_model=cfg.pretrained_model,
-            data=cfg.data_dir,
-            steps=step,
-            losses=losses_from_log(log_path, LOSS_KEYS),
-            command=command_line("diffusers-mv3d train", cfg),
-            components={"controlnet": "MultiViewControlNetModel (diffusers_mv3d)",
-                        "neus": "LatentSparseNeuS (diffusers_mv3d), renders x0 in the base model's diffusion space"},
-            settings=cfg,
-            usage=USAGE,
-        )
-
-    atomic_write_folder(folder, write)
+    write_model_folder(
+        folder, {"controlnet": controlnet, "neus": neus}, cfg, "diffusers-mv3d train", step, log_path, LOSS_KEYS,
+        title="TuneMV3D branch: multi-view ControlNet + latent SparseNeuS",
+        description=("The trained parts of TuneMV3D (multi-view 3D generation by tuning a frozen text-to-image "
+                     "model): the multi-view ControlNet branch and the latent SparseNeuS, trained with the "
+                     "base model frozen. Load them with the base model's UNet, text encoder, tokenizer "
+                     "(and VAE) into a TuneMV3DPipeline."),
+        base_model=cfg.pretrained_model,
+        components={"controlnet": "MultiViewControlNetModel (diffusers_mv3d)",
+                    "neus": "LatentSparseNeuS (diffusers_mv3d), renders x0 in the base model's diffusion space"},
+        usage=USAGE,
+    )
 
 
 @torch.no_grad()
@@ -355,9 +340,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     from ..models.multiview_controlnet import MultiViewControlNetModel
 
     # 1. Processes, folders, data, the frozen foundation
-    accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
+    accelerator, log_path, dataset, resume_from, foundation = start_tuning_run(cfg)
     device = accelerator.device
-    foundation = load_foundation_for(cfg, device)
 
     # 2. The trained models: fresh, or the weights of the checkpoint
     if resume_from is None:
@@ -379,8 +363,6 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     raw = accelerator.unwrap_model(branch)
     models = {"controlnet": raw.controlnet, "neus": raw.neus}
 
-    loader, end_step = batch_stream(accelerator, cfg, dataset, collate_multiview, start_step)
-
     def save_model(folder: Path, step: int) -> None:
         save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
 
@@ -392,8 +374,8 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
         compute_losses=lambda batch, generator: training_losses(branch, foundation, batch, cfg, generator, device),
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
     )
-    result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, loader,
-                        start_step, end_step, hooks)
+    result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, dataset,
+                        collate_multiview, start_step, hooks)
     return finish_run(accelerator, cfg, result, models, "TuneMV3D branch")
 
 
