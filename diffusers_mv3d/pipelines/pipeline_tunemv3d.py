@@ -21,6 +21,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..cameras import Cameras, default_cameras
+from .image_inputs import array_to_unit_float, pil_to_unit_float
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..models.views import fold_views, unfold_views
@@ -62,35 +63,9 @@ class TuneMV3DPipelineOutput(BaseOutput):
     mesh: Optional[Any] = None
 
 
-def _pil_to_unit_float(image: PIL.Image.Image) -> np.ndarray:
-    """Any PIL image -> ``[H, W, 3]`` float32 in [0, 1] (RGBA composited on white; 16/32-bit greyscale
-    scaled from its full range, where ``convert("RGB")`` would clip it to white)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = np.asarray(image, dtype=np.float64) / 65535.0  # PNG's 16-bit greyscale opens as I;16 or I
-        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
-    if image.mode == "F":
-        return np.repeat(np.asarray(image, dtype=np.float32)[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        white = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(white, image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def _array_to_unit_float(array: np.ndarray, name: str) -> np.ndarray:
-    """An image array ``[H, W, 3]`` -> float32 in [0, 1]: uint8 / uint16 scaled, floats checked."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name} must hold uint8, uint16 or float values, got {array.dtype}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise ValueError(f"{name} float values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}] "
-                         "(uint8 arrays may hold 0..255)")
-    return array
+def _is_count(value) -> bool:
+    """An int (not a bool) >= 1."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 class TuneMV3DPipeline(DiffusionPipeline):
@@ -161,7 +136,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                      callback_tensor_inputs=(), prompt_embeds=None, negative_prompt_embeds=None,
                      num_inference_steps=1, guidance_scale=1.0, neus_interval=1, shared_noise_tiles=None):
-        if isinstance(num_views, bool) or not isinstance(num_views, numbers.Integral) or num_views < 1:
+        if not _is_count(num_views):
             raise ValueError(f"num_views must be an int >= 1, got {num_views!r}")
         if prompt is not None and not isinstance(prompt, str) and not (
             isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)
@@ -188,13 +163,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
         for index in references:
             if not isinstance(index, int) or not 0 <= index < num_views:
                 raise ValueError(f"reference_images index {index!r} is out of range for num_views={num_views}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+        if not _is_count(num_inference_steps):
             raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-        if isinstance(neus_interval, bool) or not isinstance(neus_interval, numbers.Integral) or neus_interval < 1:
+        if not _is_count(neus_interval):
             raise ValueError(f"neus_interval must be an int >= 1, got {neus_interval!r}")
         size = self.unet.config.sample_size
-        if shared_noise_tiles is not None and (isinstance(shared_noise_tiles, bool) or not isinstance(
-                shared_noise_tiles, numbers.Integral) or shared_noise_tiles < 1 or size % shared_noise_tiles):
+        if shared_noise_tiles is not None and not (_is_count(shared_noise_tiles) and size % shared_noise_tiles == 0):
             raise ValueError(f"shared_noise_tiles must be None or an int >= 1 dividing the diffusion space's size {size}, "
                              f"got {shared_noise_tiles!r}")
         if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
@@ -217,12 +191,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
         """
         size = self.image_size
         if isinstance(image, PIL.Image.Image):
-            image = _pil_to_unit_float(image)  # [H, W, 3] float32 in [0, 1]
+            image = pil_to_unit_float(image)  # [H, W, 3] float32 in [0, 1]
         elif isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3:
             image = image.detach().cpu().permute(1, 2, 0).numpy()
         elif not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] == 3):
             raise ValueError(f"{name} must be a PIL image, an np array [H, W, 3] or a tensor [3, H, W]")
-        tensor = torch.from_numpy(_array_to_unit_float(image, name)).permute(2, 0, 1)
+        tensor = torch.from_numpy(array_to_unit_float(image, name)).permute(2, 0, 1)
         if tuple(tensor.shape[-2:]) != (size, size):
             raise ValueError(f"{name} is {tuple(tensor.shape[-2:])} but this pipeline makes {size}x{size} views; resize it")
         return tensor * 2.0 - 1.0
