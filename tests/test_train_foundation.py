@@ -30,7 +30,8 @@ from diffusers_mv3d.training.diffusion_loss import (
 )
 from diffusers_mv3d.training.checkpointing import latest_checkpoint, save_training_checkpoint
 from diffusers_mv3d.training.common import global_batch_indices
-from diffusers_mv3d.training.foundation_model import FoundationModel, build_noise_scheduler, ema_checkpoint_extras
+from diffusers_mv3d.training.ema import WeightAverage
+from diffusers_mv3d.training.foundation_model import FoundationModel, build_noise_scheduler, foundation_checkpoint_extras
 from diffusers_mv3d.training.train_foundation import FoundationTrainConfig, build_unet, main
 from diffusers_mv3d.training.text import MAX_LENGTH, build_text_encoder, encode_prompts, train_word_tokenizer
 
@@ -372,19 +373,17 @@ def test_stop_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     import safetensors.torch
     from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
-
     cfg = FoundationTrainConfig(**tiny_settings(tmp_path, tmp_path))
     tokenizer = train_word_tokenizer(["a red box"])
     model = FoundationModel(build_unet(cfg), build_text_encoder(tokenizer, 16, 1, 2), tokenizer)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params)
     scheduler = get_cosine_schedule_with_warmup(optimizer, 1, 3)
-    ema = EMAModel(params, use_ema_warmup=True)
+    average = WeightAverage(model, 0.9999, 0.75)
     models = {"unet": model.unet, "text_encoder": model.text_encoder}
 
     def save_checkpoint(folder):
-        save_training_checkpoint(folder, 1, models, optimizer, scheduler, cfg, ema_checkpoint_extras(model, ema))
+        save_training_checkpoint(folder, 1, models, optimizer, scheduler, cfg, foundation_checkpoint_extras(model, average))
 
     checkpoints = tmp_path / "checkpoints"
     final = checkpoints / "checkpoint-000001"

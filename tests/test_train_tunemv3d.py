@@ -138,6 +138,7 @@ def straight_run(workdir):
         ("neus_num_coarse_samples", 1, "--neus-num-coarse-samples"),
         ("push_to_hub", True, "--hub-model-id"),
         ("reference_view_share", 1.5, "--reference-view-share"),
+        ("ema_decay", 1.0, "--ema-decay"),
         ("max_reference_views", 99, "--max-reference-views"),
         ("max_reference_views", 0, "--max-reference-views"),
     ],
@@ -378,6 +379,28 @@ def test_stop_and_resume_equals_the_uninterrupted_run(straight_run, workdir):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
     with pytest.raises(ValueError, match="--neus-hidden-dim"):
         main(TuneMV3DTrainConfig(**tiny_settings(workdir, split, resume="latest", neus_hidden_dim=32)))
+
+
+def test_ema_run_saves_averaged_weights_and_resumes_exactly(workdir):
+    settings = dict(ema_decay=0.9, validation_steps=0, max_train_steps=3)
+    straight, split = workdir / "ema-straight", workdir / "ema-split"
+    main(TuneMV3DTrainConfig(**tiny_settings(workdir, straight, **settings)))
+    checkpoint = straight / "checkpoints" / "checkpoint-000003"
+    average = weights(checkpoint / "ema.safetensors")  # keyed "controlnet.<name>", "neus.<name>"
+    raw = weights(checkpoint / "neus" / "diffusion_pytorch_model.safetensors")
+    saved = weights(straight / "model" / "neus" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[name], average[f"neus.{name}"]) for name in saved)
+    assert any(not torch.equal(saved[name], raw[name]) for name in saved)  # the average lags the weights
+
+    main(TuneMV3DTrainConfig(**tiny_settings(workdir, split, stop_at_step=2, **settings)))
+    main(TuneMV3DTrainConfig(**tiny_settings(workdir, split, resume="latest", **settings)))
+    resumed = weights(split / "checkpoints" / "checkpoint-000003" / "ema.safetensors")
+    for key in average:
+        torch.testing.assert_close(resumed[key], average[key], rtol=0, atol=1e-6, msg=key)
+    with pytest.raises(ValueError, match="--ema-decay"):  # a run without an EMA cannot resume with one
+        plain = workdir / "ema-plain"
+        main(TuneMV3DTrainConfig(**tiny_settings(workdir, plain, stop_at_step=2, validation_steps=0)))
+        main(TuneMV3DTrainConfig(**tiny_settings(workdir, plain, resume="latest", **settings)))
 
 
 def _free_port() -> int:

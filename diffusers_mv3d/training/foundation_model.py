@@ -7,22 +7,20 @@ between the smallest and largest reverse-step log-variance (channels 3-5, the sc
 ``variance_type="learned_range"``).
 """
 
-import json
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 
 from ..hub import write_pipeline_folder
-from .checkpointing import STATE_FILE
+from .ema import WeightAverage
 from .text import encode_prompts
 
 __all__ = [
     "FoundationModel",
     "build_noise_scheduler",
     "build_unet",
-    "ema_checkpoint_extras",
-    "load_ema",
+    "foundation_checkpoint_extras",
     "load_foundation_weights",
     "save_pipeline",
 ]
@@ -88,34 +86,15 @@ class FoundationModel(torch.nn.Module):
         return self.unet(noisy_images, timesteps, encoder_hidden_states=text_embeddings).sample
 
 
-def ema_checkpoint_extras(model: FoundationModel, ema) -> Callable[[Path], Dict[str, object]]:
-    """The foundation's part of a checkpoint beside ``unet/`` and ``text_encoder/``: ``tokenizer/``, the EMA
-    weights (``ema.safetensors``, keyed by parameter name) and the EMA's step and decay (trainer state)."""
+def foundation_checkpoint_extras(model: FoundationModel, average: WeightAverage) -> Callable[[Path], Dict[str, object]]:
+    """The foundation's part of a checkpoint beside ``unet/`` and ``text_encoder/``: ``tokenizer/`` and the
+    EMA of both models (:meth:`WeightAverage.write`)."""
 
     def write(folder: Path) -> Dict[str, object]:
-        from safetensors.torch import save_file
-
         model.tokenizer.save_pretrained(folder / "tokenizer")
-        ema_state = ema.state_dict()
-        shadow = ema_state.pop("shadow_params")
-        save_file({name: s.detach().cpu().contiguous() for name, s in zip(_parameter_names(model), shadow)},
-                  str(folder / "ema.safetensors"))
-        return {"ema": ema_state}
+        return average.write(folder)
 
     return write
-
-
-def load_ema(folder: Path, model: FoundationModel, ema) -> None:
-    """Restore the EMA of :func:`ema_checkpoint_extras` from a checkpoint folder."""
-    from safetensors.torch import load_file
-
-    state = json.loads((folder / STATE_FILE).read_text())
-    shadow = load_file(str(folder / "ema.safetensors"))
-    ema.load_state_dict({**state["ema"], "shadow_params": [shadow[name] for name in _parameter_names(model)]})
-
-
-def _parameter_names(model: FoundationModel) -> List[str]:
-    return [name for name, _ in model.named_parameters()]
 
 
 def save_pipeline(folder: Path, unet, text_encoder, tokenizer, noise_scheduler) -> None:

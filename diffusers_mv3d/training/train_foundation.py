@@ -47,12 +47,12 @@ from .checkpointing import check_architecture, resolve_resume
 from .common import script_main
 from .config import flag_name
 from .diffusion_loss import DiffusionTerms, diffusion_loss
+from .ema import WeightAverage
 from .foundation_model import (
     FoundationModel,
     build_noise_scheduler,
     build_unet,
-    ema_checkpoint_extras,
-    load_ema,
+    foundation_checkpoint_extras,
     load_foundation_weights,
     save_pipeline,
 )
@@ -237,8 +237,6 @@ def main(cfg: FoundationTrainConfig) -> Dict[str, object]:
 
 
 def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
-    from diffusers.training_utils import EMAModel
-
     from ..data.dataset import ImageTextDataset
 
     # 1. Processes, folders, data
@@ -267,21 +265,13 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
     # 3. Optimizer, schedule, EMA (over both models: the saved pipeline pairs EMA UNet and EMA text encoder)
     params = list(raw.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=cfg.ema_power)
+    average = WeightAverage(raw, cfg.ema_decay, cfg.ema_power)
     if resume_from is not None:
-        load_ema(resume_from, raw, ema)
+        average.load(resume_from)
     model, optimizer, lr_scheduler, start_step = prepare_training(accelerator, cfg, raw, optimizer, resume_from)
-    ema.to(accelerator.device)
+    average.to(accelerator.device)
 
     prompts = _pick_validation_prompts(cfg, captions)
-
-    def with_ema_weights(fn):
-        ema.store(params)
-        ema.copy_to(params)
-        try:
-            return fn()
-        finally:
-            ema.restore(params)
 
     def compute_losses(batch: Dict, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, float]]:
         x0 = batch["pixel_values"].to(accelerator.device)  # (b, 3, H, W) in [-1, 1]
@@ -298,17 +288,19 @@ def _train(cfg: FoundationTrainConfig) -> Dict[str, object]:
                               cfg.snr_gamma)
 
     def save_model(folder: Path, step: int) -> None:
-        with_ema_weights(lambda: save_pipeline(folder, raw.unet, raw.text_encoder, tokenizer, noise_scheduler))
+        with average.applied():
+            save_pipeline(folder, raw.unet, raw.text_encoder, tokenizer, noise_scheduler)
 
     def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, object]]:
-        images = with_ema_weights(lambda: validation_samples(raw, prompts, noise_scheduler.config, cfg))
+        with average.applied():
+            images = validation_samples(raw, prompts, noise_scheduler.config, cfg)
         (samples_dir / "prompts.txt").write_text("\n".join(prompts) + "\n")
         return images, {}
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
     hooks = StepHooks(compute_losses=compute_losses, save_model=save_model, validate=validate,
-                      grid_columns=len(prompts), after_step=lambda: ema.step(params),
-                      checkpoint_extras=ema_checkpoint_extras(raw, ema))
+                      grid_columns=len(prompts), after_step=average.step,
+                      checkpoint_extras=foundation_checkpoint_extras(raw, average))
     models = {"unet": raw.unet, "text_encoder": raw.text_encoder}
     result = train_loop(cfg, accelerator, "train-foundation", models, params, optimizer, lr_scheduler, dataset,
                         collate, start_step, hooks)

@@ -42,6 +42,7 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 (validation grids), ``log.jsonl`` and ``config.yaml``.
 """
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Optional, Tuple
@@ -56,6 +57,7 @@ from ..sampling import ddim_scheduler
 from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
+from .ema import WeightAverage
 from .losses import gather_pixels, render_losses
 from .runner import (
     StepHooks,
@@ -108,6 +110,10 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
     """Fraction of objects in which 1 to max_reference_views random input views are clean (timestep 0, no noise) and carry no diffusion loss, as the pipeline clamps reference views (§3.4)."""
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
+    ema_decay: float = 0.0
+    """Upper bound of the decay of an EMA of the branch and NeuS weights (diffusers EMAModel with warm-up); model/ and the validation grids then hold the averaged weights. 0: no EMA."""
+    ema_power: float = 0.75
+    """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
 
     at_least = {"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1}
 
@@ -120,6 +126,8 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
         self.check(0.0 <= self.reference_view_share <= 1.0, "reference_view_share", "must be in [0, 1]")
         self.check(1 <= self.max_reference_views < self.num_input_views, "max_reference_views",
                    f"must be >= 1 and below num_input_views={self.num_input_views} (a view must stay noisy)")
+        self.check(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: no EMA)")
+        self.check(self.ema_power > 0, "ema_power", "must be > 0")
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
@@ -333,6 +341,20 @@ def validation_grid(branch: TuneMV3DBranch, foundation: Foundation, item: Dict, 
 # ----------------------------------------------------------------------------------------------
 
 
+def branch_average(branch: TuneMV3DBranch, cfg: TuneMV3DTrainConfig, resume_from: Optional[Path],
+                   device: torch.device) -> Optional[WeightAverage]:
+    """The EMA of the branch and NeuS weights with ``--ema-decay`` > 0 (restored when resuming), else None."""
+    if cfg.ema_decay == 0:
+        return None
+    average = WeightAverage(branch, cfg.ema_decay, cfg.ema_power)
+    if resume_from is not None:
+        if not (resume_from / "ema.safetensors").is_file():
+            raise ValueError(f"--ema-decay {cfg.ema_decay}: checkpoint {resume_from} was written without an EMA; "
+                             "resume with --ema-decay 0 or start a new --output-dir")
+        average.load(resume_from)
+    return average.to(device)
+
+
 def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     """Train; returns a summary (final step, last losses, samples/s, peak RSS, folders, weights hash)."""
     from ..data.dataset import collate_multiview
@@ -362,17 +384,25 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
                                                               resume_from)
     raw = accelerator.unwrap_model(branch)
     models = {"controlnet": raw.controlnet, "neus": raw.neus}
+    average = branch_average(raw, cfg, resume_from, device)
+
+    def averaged():  # the EMA weights in the block when there is an EMA
+        return average.applied() if average is not None else contextlib.nullcontext()
 
     def save_model(folder: Path, step: int) -> None:
-        save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
+        with averaged():
+            save_model_folder(folder, raw.controlnet, raw.neus, cfg, step, log_path)
 
     def validate(step: int, samples_dir: Path) -> Tuple[torch.Tensor, Dict[str, float]]:
-        return validation_grid(raw, foundation, dataset[0], cfg, device)
+        with averaged():
+            return validation_grid(raw, foundation, dataset[0], cfg, device)
 
     # 4. Training loop: every random draw of step s comes from step_generator(seed, s, rank)
     hooks = StepHooks(
         compute_losses=lambda batch, generator: training_losses(branch, foundation, batch, cfg, generator, device),
         save_model=save_model, validate=validate, grid_columns=cfg.num_input_views,
+        after_step=average.step if average is not None else None,
+        checkpoint_extras=average.write if average is not None else None,
     )
     result = train_loop(cfg, accelerator, "train", models, list(raw.parameters()), optimizer, lr_scheduler, dataset,
                         collate_multiview, start_step, hooks)
