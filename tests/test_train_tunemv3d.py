@@ -138,7 +138,7 @@ def straight_run(workdir):
         ("neus_num_coarse_samples", 1, "--neus-num-coarse-samples"),
         ("push_to_hub", True, "--hub-model-id"),
         ("reference_view_share", 1.5, "--reference-view-share"),
-        ("ema_decay", 1.0, "--ema-decay"),
+        ("ema_decay", 1.5, "--ema-decay"),
         ("max_reference_views", 99, "--max-reference-views"),
         ("max_reference_views", 0, "--max-reference-views"),
     ],

@@ -51,6 +51,20 @@ class SettingChecks:
 
 
 @dataclass
+class EMASettings(SettingChecks):
+    """An exponential moving average of the trained weights (:class:`~diffusers_mv3d.training.ema.WeightAverage`)."""
+
+    ema_decay: float = 0.0
+    """Upper bound of the EMA decay (diffusers EMAModel with warm-up); the saved model and the validation samples hold the averaged weights. 0: the average is the weights themselves (no EMA)."""
+    ema_power: float = 0.75
+    """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
+
+    def check_settings(self) -> None:
+        self.check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
+        self.check(self.ema_power > 0, "ema_power", "must be > 0")
+
+
+@dataclass
 class RunSettings(SettingChecks):
     """The settings of every trainer (flags are the field names with dashes)."""
 

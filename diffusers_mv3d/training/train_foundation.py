@@ -63,7 +63,7 @@ from .runner import (
     start_run,
     train_loop,
 )
-from .settings import GuidedRunSettings
+from .settings import EMASettings, GuidedRunSettings
 from .text import build_text_encoder, train_word_tokenizer
 
 __all__ = ["FoundationTrainConfig", "main", "validation_samples"]
@@ -75,9 +75,9 @@ __all__ = ["FoundationTrainConfig", "main", "validation_samples"]
 
 
 @dataclass
-class FoundationTrainConfig(GuidedRunSettings):
+class FoundationTrainConfig(GuidedRunSettings, EMASettings):
     """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes): the
-    run's (:class:`GuidedRunSettings`), then these."""
+    run's (:class:`GuidedRunSettings`), the EMA's (:class:`EMASettings`), then these."""
 
     model_folder: ClassVar[str] = "pipeline"
     architecture_settings: ClassVar[tuple] = (
@@ -97,9 +97,7 @@ class FoundationTrainConfig(GuidedRunSettings):
     num_threads: int = 0
     """torch.set_num_threads per process; 0 keeps torch's default (all cores). On a busy shared machine 1 can be several times faster than an oversubscribed 2."""
     ema_decay: float = 0.9999
-    """Upper bound of the EMA decay (diffusers EMAModel with warm-up)."""
-    ema_power: float = 0.75
-    """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
+    """Upper bound of the EMA decay (diffusers EMAModel with warm-up); pipeline/ and the validation grids hold the averaged weights."""
 
     # diffusion
     num_train_timesteps: int = 1000
@@ -151,8 +149,6 @@ class FoundationTrainConfig(GuidedRunSettings):
 
     def check_settings(self) -> None:
         levels = len(self.block_out_channels)
-        self.check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "must be in [0, 1]")
-        self.check(self.ema_power > 0, "ema_power", "must be > 0")
         self.check(self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
         self.check(not self.zero_terminal_snr or self.prediction_type == "v_prediction", "zero_terminal_snr",
               f"needs {flag_name('prediction_type')} v_prediction (epsilon is undefined at zero SNR)")

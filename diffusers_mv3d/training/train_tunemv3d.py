@@ -66,7 +66,7 @@ from .runner import (
     start_tuning_run,
     train_loop,
 )
-from .settings import FoundationTuningSettings
+from .settings import EMASettings, FoundationTuningSettings
 
 __all__ = ["TuneMV3DTrainConfig", "build_branch", "main", "training_losses"]
 
@@ -79,10 +79,10 @@ LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
 
 @dataclass
-class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTuningSettings):
+class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTuningSettings, EMASettings):
     """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes): the run's
-    (:class:`FoundationTuningSettings`), the branch's (:class:`BranchSettings`), its renders' supervision
-    (:class:`NeuSSupervisionSettings`), then these."""
+    (:class:`FoundationTuningSettings`), the EMA's (:class:`EMASettings`, off by default), the branch's
+    (:class:`BranchSettings`), its renders' supervision (:class:`NeuSSupervisionSettings`), then these."""
 
     architecture_settings: ClassVar[tuple] = (
         "pretrained_model", "geometry_attention_levels", "geometry_attention_heads", "geometry_attention_neighbourhood",
@@ -110,10 +110,6 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
     """Fraction of objects in which 1 to max_reference_views random input views are clean (timestep 0, no noise) and carry no diffusion loss, as the pipeline clamps reference views (§3.4)."""
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
-    ema_decay: float = 0.0
-    """Upper bound of the decay of an EMA of the branch and NeuS weights (diffusers EMAModel with warm-up); model/ and the validation grids then hold the averaged weights. 0: no EMA."""
-    ema_power: float = 0.75
-    """EMA warm-up exponent: decay = 1 - (1 + step)^-power (0.75 reaches 0.999 at 10k steps)."""
 
     at_least = {"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1}
 
@@ -126,8 +122,6 @@ class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTun
         self.check(0.0 <= self.reference_view_share <= 1.0, "reference_view_share", "must be in [0, 1]")
         self.check(1 <= self.max_reference_views < self.num_input_views, "max_reference_views",
                    f"must be >= 1 and below num_input_views={self.num_input_views} (a view must stay noisy)")
-        self.check(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0: no EMA)")
-        self.check(self.ema_power > 0, "ema_power", "must be > 0")
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
