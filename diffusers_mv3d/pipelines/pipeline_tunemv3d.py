@@ -21,12 +21,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..cameras import Cameras, default_cameras
-from .image_inputs import array_to_unit_float, pil_to_unit_float
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..models.views import fold_views, unfold_views
 from ..sampling import classifier_free_guidance, sample, share_low_frequencies
 from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
+from .image_inputs import array_to_unit_float, pil_to_unit_float
 
 EXAMPLE_DOC_STRING = """
     Examples:
