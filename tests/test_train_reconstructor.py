@@ -20,6 +20,7 @@ from diffusers_mv3d.training.train_reconstructor import (
     ReconstructorTrainConfig,
     build_reconstructor,
     main,
+    over_background,
     reconstruction_losses,
 )
 from training_fixtures import REPO, render_objects, weights
@@ -77,6 +78,7 @@ def straight_run(objects_dir):
         ("lr_scheduler", "step", "--lr-scheduler"),
         ("batch_size", 0, "--batch-size"),
         ("push_to_hub", True, "--hub-model-id"),
+        ("tinted_background_share", 1.5, "--tinted-background-share"),
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -188,3 +190,32 @@ def test_settings_of_the_old_spelling_load_from_config_files_and_checkpoints(tmp
         check_architecture(cfg, checkpoint)
     with pytest.warns(FutureWarning), pytest.raises(ValueError, match="--neus-hidden-dim 64 differs"):
         check_architecture(ReconstructorTrainConfig(neus_init_radius=0.4), checkpoint)
+
+
+def test_tinted_backgrounds_change_only_the_input_backgrounds_of_the_chosen_objects(objects_dir):
+    from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
+
+    cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused", tinted_background_share=1.0))
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    batch = collate_multiview([dataset[0], dataset[1]])
+    seen = []
+
+    class Spy(ReconstructorStep):
+        def forward(self, views, *args):
+            seen.append(views)
+            return super().forward(views, *args)
+
+    neus = build_reconstructor(cfg)
+    reconstruction_losses(Spy(neus).train(), batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    (views,) = seen
+    background, foreground = batch["masks"].expand_as(views) == 0, batch["masks"].expand_as(views) == 1
+    assert background.any() and foreground.any()
+    torch.testing.assert_close(views[foreground], batch["images"][foreground])  # the object is untouched
+    per_view = views.masked_fill(~background, float("nan")).flatten(3).nanmean(-1)  # [B, V, 3] background colour
+    assert (per_view.std(dim=1) > 0.05).all()  # a colour a view, not white
+    assert not torch.allclose(views[background], torch.ones_like(views[background]))
+    # objects not chosen keep their views; chosen ones get the colour wherever the alpha is 0
+    colours = torch.zeros(2, views.shape[1], 3, 1, 1)
+    kept = over_background(batch["images"], batch["masks"], colours, torch.tensor([False, True]))
+    torch.testing.assert_close(kept[0], batch["images"][0])
+    torch.testing.assert_close(kept[1][background[1]], torch.zeros_like(kept[1][background[1]]))

@@ -47,7 +47,7 @@ from .runner import (
 )
 from .settings import MultiViewRunSettings
 
-__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "reconstruction_losses"]
+__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "over_background", "reconstruction_losses"]
 
 LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
 
@@ -88,6 +88,8 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     """Radius of the initial SDF sphere."""
     validation_mesh_resolution: int = 48
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
+    tinted_background_share: float = 0.0
+    """Fraction of objects whose input views lie over a random background colour a view (the tints of generated views) while the targets stay on white, so the reconstructor meshes the object, not the background. 0: clean renders only."""
 
     at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1}
 
@@ -95,6 +97,7 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
         self.check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
         self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
+        self.check(0.0 <= self.tinted_background_share <= 1.0, "tinted_background_share", "must be in [0, 1]")
 
 
 def build_reconstructor(cfg: ReconstructorTrainConfig):
@@ -132,6 +135,13 @@ class ReconstructorStep(torch.nn.Module):
         return out
 
 
+def over_background(images: torch.Tensor, masks: torch.Tensor, colours: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Views ``[B, V, 3, H, W]`` rendered over white, recomposited over ``colours [B, V, 3, 1, 1]`` with their
+    ``masks [B, V, 1, H, W]`` (alpha) in the ``objects [B]`` (bool) chosen; the others unchanged."""
+    recoloured = images + (1.0 - masks) * (colours - 1.0)  # white (1) -> colour where the alpha is 0
+    return torch.where(objects[:, None, None, None, None], recoloured, images)
+
+
 def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfig, generator: torch.Generator,
                           device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The weighted reconstructor loss of one :func:`collate_multiview` batch and its parts (floats)."""
@@ -145,6 +155,10 @@ def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfi
     pixel_indices = torch.randperm(height * width, generator=generator)[: min(cfg.rays_per_view, height * width)]
     points = torch.rand(b, cfg.eikonal_points, 3, generator=generator) * 2 - 1  # the object cube [-1, 1]^3
     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))  # NeuS ray jitter (global RNG)
+    if cfg.tinted_background_share > 0:  # drawn last: runs without it draw what they drew before
+        tinted = torch.rand(b, generator=generator) < cfg.tinted_background_share
+        colours = torch.rand(b, images.shape[1], 3, 1, 1, generator=generator) * 2 - 1
+        images = over_background(images, batch["masks"].to(device), colours.to(device), tinted.to(device))
 
     out = step_module(images, cameras, query, pixel_indices.to(device),
                       points.to(device) if cfg.eikonal_weight > 0 else None)
