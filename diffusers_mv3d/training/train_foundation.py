@@ -75,7 +75,7 @@ __all__ = ["FoundationTrainConfig", "main", "validation_samples"]
 
 
 @dataclass
-class FoundationTrainConfig(GuidedRunSettings, EMASettings):
+class FoundationTrainConfig(EMASettings, GuidedRunSettings):
     """Every setting of ``diffusers-mv3d train-foundation`` (flags are the field names with dashes): the
     run's (:class:`GuidedRunSettings`), the EMA's (:class:`EMASettings`), then these."""
 

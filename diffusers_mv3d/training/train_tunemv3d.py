@@ -79,7 +79,7 @@ LOSS_KEYS = ("loss", "loss_diffusion", "loss_reconstruction", "loss_mask")
 
 
 @dataclass
-class TuneMV3DTrainConfig(NeuSSupervisionSettings, BranchSettings, FoundationTuningSettings, EMASettings):
+class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, FoundationTuningSettings):
     """Every setting of ``diffusers-mv3d train`` (flags are the field names with dashes): the run's
     (:class:`FoundationTuningSettings`), the EMA's (:class:`EMASettings`, off by default), the branch's
     (:class:`BranchSettings`), its renders' supervision (:class:`NeuSSupervisionSettings`), then these."""
