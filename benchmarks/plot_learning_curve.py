@@ -46,7 +46,7 @@ def plot(rows: List[Dict[str, float]]) -> Image.Image:
         x = at(hour, 0)[0]
         draw.line([x, top + height, x, top + height + 4], fill="black")
         draw.text((x - 3, top + height + 8), str(hour), fill="black")
-    draw.text((left + width / 2 - 40, top + height + 26), "CPU-hours after v1", fill="black")
+    draw.text((left + width / 2 - 90, top + height + 26), "CPU-hours (after the v1 foundation)", fill="black")
     for row_index, (name, colour) in enumerate(SERIES.items()):
         truth_y = at(0, GROUND_TRUTH[name])[1]
         for x in range(left, left + width, 8):  # dashed: the ground truth's value
