@@ -12,6 +12,7 @@ unpaired means. Each input is ``results.json`` of ``diffusers-mv3d evaluate`` (`
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 METRICS = ("vh_iou", "recon_psnr", "photo_psnr", "category_accuracy", "colour_accuracy")
@@ -19,7 +20,7 @@ METRICS = ("vh_iou", "recon_psnr", "photo_psnr", "category_accuracy", "colour_ac
 
 def load_objects(path: str, variant: str) -> Dict[Tuple[int, int], dict]:
     """``{(prompt index, seed): record}`` of one variant."""
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     records = data.get("objects") or data.get("records") or []
     return {(r["prompt_index"], r["seed"]): r for r in records if r.get("variant", variant) == variant}
 

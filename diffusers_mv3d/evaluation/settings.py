@@ -28,7 +28,7 @@ VARIANTS: Dict[str, str] = {
     "no-neus": "branch without the NeuS condition and samples, K = 0",
     "full-cost": "the paper's sampling at full cost: branch on both CFG halves, NeuS every step",
     "neus1": "NeuS condition rendered every step (branch shared by the CFG halves)",
-    "neus3": "NeuS condition rendered every 3 steps (branch shared by the CFG halves)",
+    "neus3": "NeuS condition rendered every 3 steps (branch shared by the CFG halves; the pipeline's default since 2026-12-02)",
     "shared-noise": "the views of an object share their initial noise's mean (shared_noise_tiles=1)",
     "finetune": "baseline: the foundation's UNet fully fine-tuned on the multi-view data, views independent (--finetune-model)",
     "mvdream": "baseline: MVDream-style fine-tune, self-attention over the views + camera embedding (--mvdream-model)",
