@@ -170,6 +170,20 @@ def test_embedded_config_file_is_the_dataclass_default_and_dry_run_prints_it(cap
     assert "--ema-decay" in capsys.readouterr().err
 
 
+def test_a_config_file_that_sets_a_setting_twice_is_an_error(tmp_path):
+    from diffusers_mv3d.training.config import load_config_file
+
+    for name, text in (("a.yaml", "seed: 1\nlearning_rate: 0.1\nseed: 2\n"), ("b.yaml", "learning-rate: 0.1\nlearning_rate: 0.2\n"),
+                       ("c.json", '{"seed": 1, "seed": 2}')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=r"--config: .* sets (seed|learning_rate) more than once"):
+            load_config_file(str(tmp_path / name))
+    (tmp_path / "d.yaml").write_text("seed: 1\nvalidation_timesteps: [1, 2]\n")
+    assert load_config_file(str(tmp_path / "d.yaml")) == {"seed": 1, "validation_timesteps": [1, 2]}
+    for config in sorted((REPO / "configs").glob("*.yaml")):  # the embedded configs set each setting once
+        load_config_file(str(config))
+
+
 # ------------------------------------------------------------------------------------------------
 # Text side and loss
 # ------------------------------------------------------------------------------------------------
@@ -523,6 +537,18 @@ def test_a_resume_keeps_seed_and_batch_size_and_the_log_has_each_step_once(data_
     main(FoundationTrainConfig(**{**settings, "resume": "latest"}))
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_a_resume_with_another_learning_rate_uses_it(data_dir, tmp_path):
+    settings = {**tiny_settings(data_dir, tmp_path / "run"), "validation_steps": 0, "max_train_steps": 3}
+    main(FoundationTrainConfig(**{**settings, "stop_at_step": 2}))
+    main(FoundationTrainConfig(**{**settings, "resume": "latest", "learning_rate": 1e-12}))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    state = json.loads((checkpoints / "checkpoint-000003" / "trainer_state.json").read_text())
+    assert state["lr_scheduler"]["base_lrs"] == [1e-12]
+    before = weights(checkpoints / "checkpoint-000002" / "unet" / "diffusion_pytorch_model.safetensors")
+    after = weights(checkpoints / "checkpoint-000003" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(before[name], after[name], atol=1e-8) for name in before)  # step 3 hardly moved
 
 
 def test_the_foundation_v2_config_is_the_v1_config_plus_the_pilots_winning_recipe():

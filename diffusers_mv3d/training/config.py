@@ -211,14 +211,22 @@ def load_config_file(path: str) -> Dict[str, Any]:
         import yaml  # PyYAML, installed with huggingface_hub
 
         data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        keys = [key.value for key, _ in node.value] if isinstance(node, yaml.MappingNode) else []
     elif path.endswith(".json"):
         data = json.loads(text)
+        pairs = json.loads(text, object_pairs_hook=lambda items: items)
+        keys = [key for key, _ in pairs] if isinstance(data, dict) else []
     else:
         raise ValueError(f"--config: expected a .yaml, .yml or .json file, got {path!r}")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"--config: {path!r} must hold a mapping of setting names to values")
+    names = [str(key).replace("-", "_") for key in keys]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--config: {path!r} sets {', '.join(repeated)} more than once (one value a setting)")
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 

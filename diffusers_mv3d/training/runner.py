@@ -194,9 +194,26 @@ def prepare_training(accelerator, cfg, model: torch.nn.Module, optimizer,
     lr_scheduler = build_lr_scheduler(optimizer, cfg)
     start_step = 0
     if resume_from is not None:
+        configured = list(lr_scheduler.base_lrs)
         start_step = load_training_checkpoint(resume_from, optimizer, lr_scheduler)
+        keep_configured_peak_lrs(optimizer, lr_scheduler, configured)
     model, optimizer = accelerator.prepare(model, optimizer)
     return model, optimizer, lr_scheduler, start_step
+
+
+def keep_configured_peak_lrs(optimizer, lr_scheduler, configured: List[float]) -> None:
+    """After a resume, schedule from the peak learning rates the settings give (``configured``, one a
+    parameter group), not the checkpoint's: a run resumed with another ``--learning-rate`` uses it from
+    the next step on, with the optimizer's moments and the schedule's position kept."""
+    restored = list(lr_scheduler.base_lrs)
+    if restored == configured:
+        return
+    print(f"resume: peak learning rates {restored} in the checkpoint, {configured} in the settings; using the settings'")
+    lr_scheduler.base_lrs = configured
+    for group, base, factor in zip(optimizer.param_groups, configured, lr_scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(lr_scheduler.last_epoch)
+    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 # ----------------------------------------------------------------------------------------------
