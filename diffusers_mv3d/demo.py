@@ -61,7 +61,7 @@ class Limit(NamedTuple):
 VIEWS = Limit("Views", 1, 16, DEFAULT_NUM_VIEWS, 1)
 STEPS = Limit("Steps", 1, 200, 30, 1)
 SEED = Limit("Seed", 0, 2**32 - 1, 0, 1)
-GUIDANCE = Limit("Guidance scale (text)", 1.0, 15.0, 3.0, 0.5, whole=False)
+GUIDANCE = Limit("Guidance scale (text)", 1.0, 15.0, None, 0.5, whole=False)
 CONSISTENCY_RATIO = Limit("K: fraction of consistency-guidance steps", 0.0, 1.0, None, 0.05, whole=False)
 CONSISTENCY_SCALE = Limit("alpha: consistency-guidance scale (eq. 4)", 0.0, 20.0, None, 0.5, whole=False)
 MESH_RESOLUTION = Limit("Mesh resolution", 16, 128, 64, 16)
@@ -162,7 +162,7 @@ def handle(
     views: int,
     steps: int,
     seed: int,
-    guidance_scale: float,
+    guidance_scale: Optional[float],
     consistency_ratio: Optional[float],
     consistency_scale: Optional[float],
     mesh: bool,
@@ -179,8 +179,8 @@ def handle(
         prompt, image: the caption and an optional reference image path (image-to-multiview); one
             of them must be given.
         views, steps, seed, guidance_scale, mesh, mesh_resolution: as ``diffusers-mv3d generate``.
-        consistency_ratio, consistency_scale: K and alpha of consistency guidance (eq. 4); None: the
-            model's own (its scheduler config).
+        guidance_scale, consistency_ratio, consistency_scale: classifier-free guidance, and K and alpha
+            of consistency guidance (eq. 4); None: the model's own (its scheduler config).
         elevation: the cameras' elevation in degrees.
         azimuths: the Azimuths field, degrees separated by commas; when given, one view per angle
             and ``views`` is ignored.
@@ -206,7 +206,8 @@ def handle(
     views = len(angles) if angles is not None else _number(views, VIEWS)
     steps = _number(steps, STEPS)
     seed = _number(seed, SEED)
-    guidance_scale = _number(guidance_scale, GUIDANCE)
+    if guidance_scale is not None:
+        guidance_scale = _number(guidance_scale, GUIDANCE)
     if consistency_ratio is not None:
         consistency_ratio = _number(consistency_ratio, CONSISTENCY_RATIO)
     if consistency_scale is not None:
@@ -314,7 +315,7 @@ def build_ui(pipe, out: Path):
                                                "when given, Views is ignored",
                                           max_length=MAX_AZIMUTHS_CHARS, elem_id="azimuths")
                 with gr.Accordion("Guidance and mesh", open=False):
-                    guidance = _slider(gr, GUIDANCE)
+                    guidance = _slider(gr, GUIDANCE, value=scheduler.guidance_scale)
                     ratio = _slider(gr, CONSISTENCY_RATIO, value=scheduler.consistency_ratio)
                     scale = _slider(gr, CONSISTENCY_SCALE, value=scheduler.consistency_scale)
                     resolution = _slider(gr, MESH_RESOLUTION)

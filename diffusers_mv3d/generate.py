@@ -112,7 +112,7 @@ def generate(
     steps: int = 30,
     seed: int = 0,
     image: Optional[Path] = None,
-    guidance_scale: float = 3.0,
+    guidance_scale: Optional[float] = None,
     consistency_ratio: Optional[float] = None,
     consistency_scale: Optional[float] = None,
     eta: Optional[float] = None,
@@ -245,7 +245,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--image", type=Path, default=None, help="reference image for view 0 (image-to-multiview)")
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded pipelines/tunemv3d-tiny)")
     parser.add_argument("--out", type=Path, default=Path("outputs/generate"), help="output folder")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance on the text")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance on the text, 1 = none (model default if unset)")
     parser.add_argument("--consistency-ratio", type=float, default=None, help="K, fraction of consistency steps (model default if unset)")
     parser.add_argument("--consistency-scale", type=float, default=None, help="alpha of eq. 4 (model default if unset)")
     parser.add_argument("--eta", type=float, default=None, help="DDIM's eta: 0 deterministic, 1 stochastic (model default if unset)")

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, default=0.0,
                         help="DDIM's eta the pipeline samples with by default: 0 deterministic, 1 as stochastic as DDPM "
                              "(saved in the scheduler)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="classifier-free guidance scale the pipeline uses when a call gives none, 1 = none "
+                             "(saved in the scheduler)")
     parser.add_argument("--neus-render-resolution", type=int, default=None,
                         help="side of the NeuS render that conditions the branch, 0 = the diffusion-space resolution; "
                              "default: the branch's (16 for a fresh branch)")
@@ -74,6 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         pipe = assemble_pipeline(
             args.base, branch=args.branch, reconstructor=args.reconstructor, out=args.out, controlnet=args.controlnet,
             consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale, eta=args.eta,
+            guidance_scale=args.guidance_scale,
             neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,
             trained_on=args.trained_on,

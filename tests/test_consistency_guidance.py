@@ -64,15 +64,18 @@ def test_eta_from_the_config_or_the_call_reaches_ddim_and_other_schedulers_ignor
     euler.step(eps, euler.timesteps[0], x)  # Euler's step takes no eta: not passed
     with pytest.raises(ValueError, match="eta"):
         ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), eta=-0.5)
+    with pytest.raises(ValueError, match="guidance_scale must be >= 1"):
+        ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), guidance_scale=0.5)
 
 
 def test_save_load_keeps_inner_config_and_guidance(tmp_path):
     scheduler = ConsistencyGuidanceScheduler.wrap(
         DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-        consistency_ratio=0.25, consistency_scale=3.0, eta=1.0,
+        consistency_ratio=0.25, consistency_scale=3.0, eta=1.0, guidance_scale=1.5,
     )
     scheduler.save_pretrained(tmp_path)
     loaded = ConsistencyGuidanceScheduler.from_pretrained(tmp_path)
+    assert loaded.config.guidance_scale == 1.5
     assert loaded.config.consistency_ratio == 0.25 and loaded.config.consistency_scale == 3.0
     assert loaded.config.eta == 1.0
     assert isinstance(loaded.inner, DDIMScheduler)

@@ -77,6 +77,21 @@ def test_consistency_ratio_zero_is_plain_and_positive_changes(pipe):
     assert not np.allclose(guided, plain)
 
 
+def test_guidance_scale_defaults_to_the_folders_and_a_round_trip_keeps_it(tmp_path):
+    pipe = tiny_pipeline()
+    randomize_branch(pipe)
+    assert pipe.scheduler.config.guidance_scale == 3.0
+    with_three = run(pipe).images
+    assert np.array_equal(with_three, run(pipe, guidance_scale=3.0).images)
+    pipe.scheduler.register_to_config(guidance_scale=1.0)  # as assemble_pipeline.py --guidance-scale 1 saves it
+    without = run(pipe).images
+    assert np.array_equal(without, run(pipe, guidance_scale=1.0).images) and not np.allclose(without, with_three)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = TuneMV3DPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.scheduler.config.guidance_scale == 1.0 and np.array_equal(run(loaded).images, without)
+
+
 @pytest.mark.parametrize("latent,eta", [(False, 0.0), (True, 0.0), (False, 1.0)])
 def test_fresh_branch_equals_the_frozen_unet_alone(latent, eta):
     pipe = tiny_pipeline(latent=latent)

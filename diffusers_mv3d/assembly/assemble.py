@@ -43,6 +43,7 @@ def assemble_pipeline(
     consistency_ratio: float = 0.5,
     consistency_scale: float = 7.5,
     eta: float = 0.0,
+    guidance_scale: float = 3.0,
     neus_render_resolution: Optional[int] = None,
     seed: int = 0,
     variant: Optional[str] = None,
@@ -68,6 +69,9 @@ def assemble_pipeline(
             DDPM), saved in the scheduler's config.
         consistency_ratio, consistency_scale: K and alpha of consistency guidance (§3.3), saved in
             the scheduler's config.
+        guidance_scale: the classifier-free guidance scale the pipeline uses when a call gives none,
+            saved in the scheduler's config (1: none; a foundation that follows the prompt without
+            guidance, like foundation v2, samples best at 1).
         neus_render_resolution: side of the NeuS render that conditions the branch (0 = the
             diffusion-space resolution); ``None`` keeps the branch's (16 for a fresh one).
         seed: seeds a fresh branch (the trainer's ``--seed``).
@@ -115,7 +119,8 @@ def assemble_pipeline(
         neus.register_to_config(render_resolution=int(neus_render_resolution) or None)
 
     # 3. the inference scheduler: DDIM from the base's schedule, inside consistency guidance
-    scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale, eta)
+    scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale, eta,
+                                    guidance_scale)
 
     # 4. the pipeline
     pipe = TuneMV3DPipeline(
@@ -128,6 +133,7 @@ def assemble_pipeline(
         command = command or assemble_command(
             base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
             consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite, eta,
+            guidance_scale,
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
                                reconstructor=reconstructor, base_scheduler_class=parts.scheduler_class,

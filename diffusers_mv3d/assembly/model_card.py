@@ -19,7 +19,7 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
                      consistency_scale: float = 7.5, neus_render_resolution: Optional[int] = None,
                      seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
                      private: bool = False, overwrite: bool = False, eta: float = 0.0,
-                     program: str = ASSEMBLE_SCRIPT) -> str:
+                     guidance_scale: float = 3.0, program: str = ASSEMBLE_SCRIPT) -> str:
     """The ``assemble_pipeline.py`` command line that makes the same folder."""
     words = shlex.split(program) + ["--base", str(base)]
     for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor)):
@@ -30,6 +30,8 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
     words += ["--consistency-ratio", repr(float(consistency_ratio)), "--consistency-scale", repr(float(consistency_scale))]
     if eta:
         words += ["--eta", repr(float(eta))]
+    if guidance_scale != 3.0:
+        words += ["--guidance-scale", repr(float(guidance_scale))]
     if neus_render_resolution is not None:
         words += ["--neus-render-resolution", str(int(neus_render_resolution))]
     if seed != 0:
@@ -159,7 +161,8 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
                      f"`{reconstructor}`" if reconstructor is not None else branch_source))
     rows.append(("scheduler", "ConsistencyGuidanceScheduler (diffusers_mv3d)", "-",
                  f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}, "
-                 f"alpha = {scheduler.consistency_scale}, eta = {scheduler.eta}"))
+                 f"alpha = {scheduler.consistency_scale}, eta = {scheduler.eta}, "
+                 f"default classifier-free guidance {scheduler.guidance_scale}"))
     lines = front + [
         "",
         "# TuneMV3D multi-view pipeline",
@@ -191,7 +194,7 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         "from diffusers_mv3d import TuneMV3DPipeline  # pip install diffusers-mv3d",
         "",
         f'pipe = TuneMV3DPipeline.from_pretrained("{load_from}")  # on a GPU: dtype=torch.bfloat16, then .to("cuda")',
-        'out = pipe("a red chair with armrests", num_views=8, num_inference_steps=50, guidance_scale=7.5,',
+        f'out = pipe("a red chair with armrests", num_views=8, num_inference_steps=50, guidance_scale={scheduler.guidance_scale},',
         f"           consistency_ratio={scheduler.consistency_ratio}, consistency_scale={scheduler.consistency_scale},",
         "           generator=torch.manual_seed(0), return_mesh=True)",
         'out.images[0].save("view0.png"); out.mesh.export("object.glb")',

@@ -75,7 +75,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -210,6 +210,8 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
     fresh = False
     if pipe is None:
         pipe, fresh = load_pipeline(cfg.model, cfg.device)
+    if cfg.guidance_scale is None:  # the pipeline folder's default, for every variant
+        cfg = replace(cfg, guidance_scale=float(pipe.scheduler.config.guidance_scale))
     foundation_pipe = None
     if cfg.foundation and "foundation" in cfg.variants:
         foundation_pipe, _ = load_pipeline(cfg.foundation, cfg.device, flag="--foundation")

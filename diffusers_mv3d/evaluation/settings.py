@@ -140,8 +140,8 @@ class EvaluationConfig:
     """Views an object (default orbit: elevation 20, azimuth every 360/views degrees)."""
     steps: int = 50
     """DDIM steps."""
-    guidance_scale: float = 3.0
-    """Classifier-free guidance on the text."""
+    guidance_scale: Optional[float] = None
+    """Classifier-free guidance on the text, the same for every variant (none: the pipeline's default, its scheduler config)."""
     seeds: Tuple[int, ...] = ()
     """Sampling seeds, the same for every variant (empty: the prompt set's SEEDS)."""
     held_out: Tuple[int, ...] = (1, 5)

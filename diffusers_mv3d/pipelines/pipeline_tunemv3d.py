@@ -335,7 +335,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         image=None,
         reference_images: Optional[Dict[int, Any]] = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 3.0,
+        guidance_scale: Optional[float] = None,
         negative_prompt: Optional[Union[str, List[str]]] = None,
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
@@ -367,6 +367,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
             reference_images: multiview-to-multiview: ``{view index: image}`` clamped at t = 0.
             num_inference_steps, guidance_scale, negative_prompt: as in diffusers (a step-end callback may
                 change ``pipe._guidance_scale``; the text batch, with or without guidance, is fixed at the start).
+                ``guidance_scale`` None: the pipeline folder's default (``scheduler.config.guidance_scale``,
+                set when it was assembled; 1 means no guidance).
             prompt_embeds, negative_prompt_embeds: text embeddings ``[B, L, D]`` instead of ``prompt`` /
                 ``negative_prompt`` (from :meth:`encode_prompt`, or any other source).
             consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None.
@@ -397,6 +399,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         references = dict(reference_images or {})
         if image is not None:
             references[0] = image
+        if guidance_scale is None:
+            guidance_scale = self.scheduler.config.guidance_scale
         self.check_inputs(prompt, num_views, cameras, references, output_type, negative_prompt, consistency_ratio,
                           callback_on_step_end_tensor_inputs, prompt_embeds, negative_prompt_embeds,
                           num_inference_steps, guidance_scale, neus_interval, shared_noise_tiles)

@@ -14,7 +14,9 @@ guidance does.
 
 The wrapper holds any diffusers scheduler (DDIM by default) and saves it as its own config plus
 ``consistency_ratio`` (K), ``consistency_scale`` (alpha) and the ``eta`` a DDIM inside samples with
-(0: deterministic DDIM; 1: as stochastic as DDPM, which corrects more of an imperfect model's errors).
+(0: deterministic DDIM; 1: as stochastic as DDPM, which corrects more of an imperfect model's errors),
+beside the pipeline's default classifier-free ``guidance_scale``: a pipeline folder's sampling defaults
+live in one file.
 """
 
 import inspect
@@ -51,6 +53,8 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         consistency_scale (`float`, defaults to 7.5): alpha of eq. 4.
         eta (`float`, defaults to 0.0): DDIM's eta (the weight of fresh noise in a step), passed to an
             inner scheduler whose ``step`` takes it (``DDIMScheduler``); other schedulers ignore it.
+        guidance_scale (`float`, defaults to 3.0): the classifier-free guidance scale the pipeline uses
+            when a call does not give one (the scheduler itself does not read it).
     """
 
     config_name = "scheduler_config.json"
@@ -64,9 +68,12 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         consistency_ratio: float = 0.5,
         consistency_scale: float = 7.5,
         eta: float = 0.0,
+        guidance_scale: float = 3.0,
     ):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if not guidance_scale >= 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1: no classifier-free guidance), got {guidance_scale}")
         inner_class = getattr(diffusers, inner_scheduler_type, None)
         if not (isinstance(inner_class, type) and issubclass(inner_class, SchedulerMixin)):
             raise ValueError(f"inner_scheduler_type={inner_scheduler_type!r} is not a diffusers scheduler class")
@@ -78,9 +85,10 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def wrap(cls, scheduler: SchedulerMixin, consistency_ratio: float = 0.5, consistency_scale: float = 7.5,
-             eta: float = 0.0):
+             eta: float = 0.0, guidance_scale: float = 3.0):
         """Wrap an existing scheduler instance (its class and config are kept)."""
-        return cls(type(scheduler).__name__, dict(scheduler.config), consistency_ratio, consistency_scale, eta)
+        return cls(type(scheduler).__name__, dict(scheduler.config), consistency_ratio, consistency_scale, eta,
+                   guidance_scale)
 
     # ---------------------------------------------------------------- the inner scheduler's API
     @property
