@@ -1,8 +1,9 @@
 """Foundation v2's learning curve: fidelity figures against CPU-hours, as a PNG (PIL only).
 
-Reads a CSV with one row per scored checkpoint (``step, cpu_hours, category, colour, white_bg``: the
-figures of ``benchmarks/score_foundations.py``; ``docs/foundation_v2_progress.csv`` holds them) and
-draws each figure against CPU-hours, with the ground-truth renders' values as dashed lines.
+Reads a CSV with one row per scored checkpoint and guidance scale (``step, cpu_hours, cfg, category,
+colour, white_bg``: the figures of ``benchmarks/score_foundations.py``; ``docs/foundation_v2_progress.csv``
+holds them) and draws each figure against CPU-hours, one line per guidance scale (the smallest thick,
+the others thin), with the ground-truth renders' values as dashed lines.
 
     python benchmarks/plot_learning_curve.py docs/foundation_v2_progress.csv --out docs/foundation_v2_learning_curve.png
 """
@@ -47,21 +48,29 @@ def plot(rows: List[Dict[str, float]]) -> Image.Image:
         draw.line([x, top + height, x, top + height + 4], fill="black")
         draw.text((x - 3, top + height + 8), str(hour), fill="black")
     draw.text((left + width / 2 - 90, top + height + 26), "CPU-hours (after the v1 foundation)", fill="black")
+    scales = sorted({row["cfg"] for row in rows})
     for row_index, (name, colour) in enumerate(SERIES.items()):
         truth_y = at(0, GROUND_TRUTH[name])[1]
         for x in range(left, left + width, 8):  # dashed: the ground truth's value
             draw.line([x, truth_y, min(x + 4, left + width), truth_y], fill=colour)
-        points = [at(row["cpu_hours"], row[name]) for row in rows]
-        draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        for scale in scales:
+            points = [at(row["cpu_hours"], row[name]) for row in rows if row["cfg"] == scale]
+            thick = scale == scales[0]
+            draw.line(points, fill=colour, width=3 if thick else 1)
+            for x, y in points:
+                radius = 3 if thick else 2
+                draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
         draw.text((left + width + 12, top + 10 + 18 * row_index), f"{name} (dashed: renders)", fill=colour)
+    legend = ", ".join(f"CFG {scale:g}" for scale in scales[1:])
+    draw.text((left + width + 12, top + 10 + 18 * len(SERIES)), f"thick: CFG {scales[0]:g}", fill="black")
+    if legend:
+        draw.text((left + width + 12, top + 28 + 18 * len(SERIES)), f"thin: {legend}", fill="black")
     return image
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="CSV: step, cpu_hours, category, colour, white_bg")
+    parser.add_argument("table", help="CSV: step, cpu_hours, cfg, category, colour, white_bg")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
     plot(read_rows(args.table)).save(args.out)

@@ -18,6 +18,7 @@ Beside them: the ground truth (renders of the same objects, as the training data
 control (the first model's samples scored against the prompts of other objects).
 
     python benchmarks/score_foundations.py runs/pilot-*/pipeline --out docs/foundation_pilot.md
+    python benchmarks/score_foundations.py pipelines/foundation-v2-tiny --guidance-scale 1 1.5 2 3
 """
 
 import argparse
@@ -122,10 +123,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-prompts", type=int, default=32, help="unseen foundation2d captions (default: 32)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds (default: 0 1)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50, as generate)")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale (default: 3.0)")
+    parser.add_argument("--guidance-scale", type=float, nargs="+", default=[3.0],
+                        help="CFG scales; each model is scored at each (default: 3.0)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default: 1.0, the shipped pipeline's)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--save-grid", default=None, help="also write a PNG: one row of samples a model (seed 0), ground truth last")
+    parser.add_argument("--save-grid", default=None,
+                        help="also write a PNG: one row of samples a model and CFG scale (seed 0), ground truth last")
     parser.add_argument("--out", default=None, help="write the table (markdown) here as well")
     args = parser.parse_args(argv)
     for folder in args.models:
@@ -140,31 +143,31 @@ def main(argv=None) -> int:
     classifier = AttributeClassifier.from_pretrained(str(DEFAULT_CLASSIFIER)).eval()
     rows, grids = [], []
     for folder in args.models:
-        started = time.time()
-        images, noise = sample_model(folder, prompts, args.seeds, args.steps, args.guidance_scale, args.eta)
-        row = {"model": folder, **score(images, labels, classifier), "noise_r": noise_colour_correlation(images, noise),
-               "seconds": time.time() - started}
-        rows.append(row)
-        grids.append(images[: len(prompts)])
-        print(json.dumps(row), file=sys.stderr)
-        if folder == args.models[0]:
-            shifted = labels[1:] + labels[:1]  # every image against a neighbouring object's prompt
-            negative = {"model": "negative control (first model, other objects' prompts)",
-                        **score(images, shifted, classifier), "white_bg": float("nan"), "noise_r": float("nan")}
+        for guidance in args.guidance_scale:
+            started = time.time()
+            images, noise = sample_model(folder, prompts, args.seeds, args.steps, guidance, args.eta)
+            row = {"model": folder, "cfg": guidance, **score(images, labels, classifier),
+                   "noise_r": noise_colour_correlation(images, noise), "seconds": time.time() - started}
+            rows.append(row)
+            grids.append(images[: len(prompts)])
+            print(json.dumps(row), file=sys.stderr)
+            if not grids[1:]:
+                shifted = labels[1:] + labels[:1]  # every image against a neighbouring object's prompt
+                negative = {"model": "negative control (first row's samples, other objects' prompts)", "cfg": guidance,
+                            **score(images, shifted, classifier), "white_bg": float("nan"), "noise_r": float("nan")}
     truth = ground_truth_images(objects, resolution=grids[0].shape[-1])
-    rows += [{"model": "ground truth (renders of the same objects)", **score(truth, labels[: len(prompts)], classifier),
-              "noise_r": float("nan")}, negative]
+    rows += [{"model": "ground truth (renders of the same objects)", "cfg": float("nan"),
+              **score(truth, labels[: len(prompts)], classifier), "noise_r": float("nan")}, negative]
     if args.save_grid:
         from diffusers_mv3d.training.common import save_grid
 
         save_grid(torch.cat(grids + [truth]) * 2 - 1, args.save_grid, ncol=len(prompts))
 
     lines = [f"`python benchmarks/score_foundations.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
-             f"{len(prompts)} unseen foundation2d captions x seeds {args.seeds}, DDIM {args.steps} steps, eta {args.eta}, "
-             f"CFG {args.guidance_scale}", "",
-             "| model | category | colour | white bg | noise->colour r |", "|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['category']:.2f} | {r['colour']:.2f} | {r['white_bg']:.2f} | {r['noise_r']:.2f} |"
-              for r in rows]
+             f"{len(prompts)} unseen foundation2d captions x seeds {args.seeds}, DDIM {args.steps} steps, eta {args.eta}", "",
+             "| model | CFG | category | colour | white bg | noise->colour r |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['cfg']:g} | {r['category']:.2f} | {r['colour']:.2f} | {r['white_bg']:.2f} | "
+              f"{r['noise_r']:.2f} |" for r in rows]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -558,7 +558,7 @@ def test_the_foundation_v2_config_is_the_v1_config_plus_the_pilots_winning_recip
     v2 = config_from_args(FoundationTrainConfig, parser.parse_args(["--config", str(REPO / "configs" / "foundation-v2-tiny.yaml")]))
     changed = {f.name for f in dataclasses.fields(FoundationTrainConfig) if getattr(v1, f.name) != getattr(v2, f.name)}
     recipe = {"prediction_type", "zero_terminal_snr", "snr_gamma", "init_from", "lr_warmup_steps"}
-    bookkeeping = {"output_dir", "num_threads", "checkpointing_steps", "resume"}
+    bookkeeping = {"output_dir", "num_threads", "checkpointing_steps", "resume", "validation_guidance_scale"}
     assert changed == recipe | bookkeeping
     assert (v2.prediction_type, v2.zero_terminal_snr, v2.snr_gamma) == ("v_prediction", True, 5.0)
     assert v2.architecture() == v1.architecture()  # the v1 weights it starts from fit
