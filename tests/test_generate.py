@@ -146,6 +146,15 @@ def test_help_shows_real_defaults_and_never_none(command, capsys):
     assert ("(default: 30)" if command == "generate" else "(default: 7860)") in text
 
 
+@pytest.mark.parametrize("command", ["evaluate", "train", "train-foundation", "train-reconstructor", "train-baseline"])
+def test_settings_commands_help_never_shows_none(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: 0)" in text  # the other defaults are still shown
+
+
 def test_num_threads_applies_to_the_run_and_is_restored(monkeypatch, tmp_path):
     import diffusers_mv3d.generate as module
 

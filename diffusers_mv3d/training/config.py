@@ -153,7 +153,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
         flag = flag_name(f.name)
         default = _field_default(f)
         help_text = docs.get(f.name, "")
-        help_text = f"{help_text} (default: {_show(default)})".strip()
+        if default is not None:  # an unset setting's help says what unset means
+            help_text = f"{help_text} (default: {_show(default)})".strip()
         tp, optional = _unwrap_optional(hints[f.name])
         origin = typing.get_origin(tp)
         if origin in (tuple, list):
