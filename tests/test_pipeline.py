@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from diffusers_mv3d import Cameras, TuneMV3DPipeline
+from diffusers_mv3d import Cameras, TuneMV3DPipeline, default_cameras
 from diffusers_mv3d.pipelines import CUSTOM_PIPELINE
 from dummies import randomize_branch, tiny_pipeline
 
@@ -328,6 +328,20 @@ def test_mesh_of_an_sdf_sphere_is_coloured_and_exports_to_glb(tmp_path):
     path = export_mesh(out.mesh, tmp_path / "sphere.glb")
     loaded = trimesh.load(path, force="mesh")
     assert len(loaded.vertices) == len(out.mesh.vertices)
+
+
+def test_reconstruct_mesh_of_given_views_equals_the_mesh_of_return_mesh():
+    """reconstruct_mesh (§3.5 on views a user has) meshes the generated views as return_mesh does."""
+    pipe = tiny_pipeline()
+    out = run(pipe, num_views=3, output_type="pt", return_mesh=True, mesh_resolution=12)
+    mesh = pipe.reconstruct_mesh(out.images, mesh_resolution=12)
+    # the same views, up to float rounding through the [0, 1] images
+    np.testing.assert_allclose(mesh.vertices, out.mesh.vertices, atol=1e-4)
+    np.testing.assert_allclose(mesh.visual.vertex_colors, out.mesh.visual.vertex_colors, atol=1)
+    with pytest.raises(ValueError, match="cameras must have batch shape"):
+        pipe.reconstruct_mesh(out.images, default_cameras(2, pipe.image_size))
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        pipe.reconstruct_mesh(out.images * 2)  # outside [0, 1]
 
 
 def test_meshing_runs_the_offload_hook_of_the_model_it_uses():

@@ -311,12 +311,15 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, 
     other views are scored against the renders (PSNR, SSIM), and the mesh (``return_mesh=True``)
     against the object's mesh (:func:`chamfer_l1`, :func:`volume_iou`). A mesh step that finds no
     surface (an untrained NeuS) scores nan / 0 and is counted in ``meshes_failed``. The row
-    ``reference copied`` predicts every view as the reference: the floor the images must beat.
+    ``reference copied`` predicts every view as the reference: the floor the images must beat. The
+    mesh figures stand beside the renders meshed by the same reconstructor (``renders_*``, its
+    ceiling) and the next object's renders meshed (``control_*``, the negative control).
     """
     cameras = default_cameras(cfg.views, pipe.image_size)
     records = []
-    for object_id, obj in split_objects("eval3d", cfg.image_to_multiview):
-        target = render_object(obj, cameras)  # [V, 3, H, W] in [0, 1]
+    objects = list(split_objects("eval3d", cfg.image_to_multiview))
+    renders = [render_object(obj, cameras) for _, obj in objects]  # [V, 3, H, W] in [0, 1]
+    for index, ((object_id, obj), target) in enumerate(zip(objects, renders)):
         arguments = dict(prompt=obj.caption if cfg.image_to_multiview_caption else None, image=target[0],
                          num_views=cfg.views, cameras=cameras, num_inference_steps=cfg.steps,
                          guidance_scale=cfg.guidance_scale, output_type="pt")
@@ -332,18 +335,42 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, 
         images = out.images.cpu()
         psnr, ssim = _image_psnr_ssim(images[1:], target[1:])
         copied_psnr, copied_ssim = _image_psnr_ssim(target[:1].expand_as(target[1:]), target[1:])
-        try:
-            chamfer = chamfer_l1(mesh, obj.mesh, cfg.chamfer_points)
-        except ValueError:
-            chamfer = float("nan")
-        iou = volume_iou(mesh, obj.mesh, cfg.mesh_iou_resolution) if mesh is not None else 0.0
+        chamfer, iou = _mesh_scores(mesh, obj.mesh, cfg)
+        # the mesh figures' references: the renders meshed (the reconstructor's ceiling) and, as the
+        # negative control, the next object's renders meshed
+        truth_chamfer, truth_iou = _mesh_scores(_mesh_or_none(pipe, target, cameras, cfg), obj.mesh, cfg)
+        other = renders[(index + 1) % len(renders)] if len(renders) > 1 else None
+        control_chamfer, control_iou = _mesh_scores(
+            None if other is None else _mesh_or_none(pipe, other, cameras, cfg), obj.mesh, cfg)
         records.append({"object_id": object_id, "caption": obj.caption, "seconds": seconds, "psnr": psnr, "ssim": ssim,
                         "chamfer_l1": chamfer, "volume_iou": iou, "mesh": mesh is not None,
-                        "copied_psnr": copied_psnr, "copied_ssim": copied_ssim})
+                        "copied_psnr": copied_psnr, "copied_ssim": copied_ssim,
+                        "renders_chamfer_l1": truth_chamfer, "renders_volume_iou": truth_iou,
+                        "control_chamfer_l1": control_chamfer, "control_volume_iou": control_iou})
     _log(f"evaluate: image-to-multiview: {len(records)} objects")
-    keys = ("psnr", "ssim", "chamfer_l1", "volume_iou", "seconds", "copied_psnr", "copied_ssim")
+    keys = ("psnr", "ssim", "chamfer_l1", "volume_iou", "seconds", "copied_psnr", "copied_ssim",
+            "renders_chamfer_l1", "renders_volume_iou", "control_chamfer_l1", "control_volume_iou")
     return {"objects": records, "mean": {k: _mean([r[k] for r in records]) for k in keys},
             "meshes_failed": sum(not r["mesh"] for r in records), "seed": seed}
+
+
+def _mesh_or_none(pipe, views: torch.Tensor, cameras, cfg: EvaluationConfig):
+    """The pipeline's §3.5 mesh of ``views [V, 3, H, W]`` in [0, 1], or None when the SDF has no surface."""
+    try:
+        return pipe.reconstruct_mesh(views, cameras, cfg.mesh_resolution)
+    except ValueError:
+        return None
+
+
+def _mesh_scores(mesh, target_mesh, cfg: EvaluationConfig) -> Tuple[float, float]:
+    """``(Chamfer-L1, volume IoU)`` of ``mesh`` against ``target_mesh``; ``(nan, 0)`` for no mesh."""
+    if mesh is None:
+        return float("nan"), 0.0
+    try:
+        chamfer = chamfer_l1(mesh, target_mesh, cfg.chamfer_points)
+    except ValueError:  # an empty mesh
+        chamfer = float("nan")
+    return chamfer, volume_iou(mesh, target_mesh, cfg.mesh_iou_resolution)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -557,6 +557,26 @@ class TuneMV3DPipeline(DiffusionPipeline):
         if hook is not None:
             hook.pre_forward(module)
 
+    @torch.no_grad()
+    def reconstruct_mesh(self, images, cameras: Optional[Cameras] = None, mesh_resolution: int = 64):
+        """§3.5 on views you already have: the vertex-coloured mesh of ``images`` (as ``return_mesh=True``
+        makes of generated views).
+
+        Args:
+            images: the views of one object, each as :meth:`preprocess_image` accepts (a list), or a
+                tensor ``[V, 3, H, W]`` in [0, 1]; at this pipeline's ``image_size``.
+            cameras: their cameras, batch shape ``[V]`` (default: :func:`default_cameras` of ``V`` views).
+            mesh_resolution: marching-cubes grid side.
+        """
+        views = torch.stack([self.preprocess_image(image, f"images[{i}]") for i, image in enumerate(images)])
+        cameras = cameras or default_cameras(len(views), self.image_size)
+        if tuple(cameras.batch_shape) != (len(views),):
+            raise ValueError(f"cameras must have batch shape ({len(views)},) for {len(views)} images, "
+                             f"got {tuple(cameras.batch_shape)}")
+        cameras = cameras.rescale(self.image_size, self.image_size)
+        latents = self.encode_views(views.to(self._execution_device))[None]
+        return self._reconstruct_meshes(latents, cameras, mesh_resolution)
+
     def _reconstruct_meshes(self, latents: torch.Tensor, cameras: Cameras, resolution: int):
         """§3.5: SDF of the final views (reconstructor on pixels, else the branch's NeuS at t = 0)
         -> marching cubes -> vertex colours from the views."""

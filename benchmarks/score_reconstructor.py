@@ -1,0 +1,125 @@
+"""Score mesh reconstructors (§3.5) on unseen tuning objects: volume IoU and Chamfer-L1 of their meshes.
+
+The objects are ``objects3d`` objects from index 1,000,000 on (the training renders use the first few
+thousand; the evaluation's image-to-multiview objects are ``eval3d``, the test set, never used here).
+Each object is rendered at the pipeline's default cameras (8 views, elevation 20) and meshed from:
+
+- ``white``: the renders as the training data has them (the reconstructor's ceiling);
+- ``tinted``: the same renders recomposited over a random colour a view (what a young branch's
+  generated views look like);
+- ``generated``: the views a TuneMV3D pipeline generates from view 0 (image-to-multiview, as
+  ``diffusers-mv3d evaluate --image-to-multiview`` runs it; needs ``--pipeline``);
+- ``negative control``: the white renders of the *next* object, scored against this one (what an
+  unrelated shape of the same world scores).
+
+Meshes: marching cubes at 64^3, volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points
+(the evaluation's settings). A reconstructor is a folder with ``reconstructor/`` (a pipeline folder or
+``train-reconstructor``'s ``model/``).
+
+    python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2/model \
+        --pipeline pipelines/tunemv3d-tiny --objects 16 --num-threads 1
+"""
+
+import argparse
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from diffusers_mv3d.cameras import default_cameras
+from diffusers_mv3d.data.splits import split_object
+from diffusers_mv3d.evaluation.metrics import chamfer_l1, volume_iou
+from diffusers_mv3d.evaluation.settings import EvaluationConfig
+from diffusers_mv3d.evaluation.variants import render_object
+from diffusers_mv3d.mesh import mesh_from_neus
+from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
+
+FIRST_UNSEEN_INDEX = 1_000_000
+INPUTS = ("white", "tinted", "generated", "negative-control")
+
+
+def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``views [V, 3, H, W]`` on white recomposited over a random colour a view (``masks [V, 1, H, W]`` = alpha)."""
+    colours = torch.rand(views.shape[0], 3, 1, 1, generator=generator)
+    return views + (1.0 - masks) * (colours - 1.0)
+
+
+def render_with_masks(obj, cameras) -> Dict[str, torch.Tensor]:
+    from diffusers_mv3d.data.render import render_views
+
+    rgba = torch.from_numpy(render_views(obj.mesh, cameras, background="white", antialias=2).rgba).permute(0, 3, 1, 2)
+    return {"views": rgba[:, :3].contiguous(), "masks": rgba[:, 3:].contiguous()}
+
+
+@torch.no_grad()
+def mesh_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh, cfg: EvaluationConfig) -> Dict[str, float]:
+    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` and score it against ``target_mesh``."""
+    context = model.encode(views[None] * 2 - 1, 0, cameras[None])
+    try:
+        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution)
+    except ValueError:  # no surface
+        return {"volume_iou": 0.0, "chamfer_l1": float("nan"), "failed": 1.0}
+    return {"volume_iou": volume_iou(mesh, target_mesh, cfg.mesh_iou_resolution),
+            "chamfer_l1": chamfer_l1(mesh, target_mesh, cfg.chamfer_points), "failed": 0.0}
+
+
+def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int) -> torch.Tensor:
+    out = pipe(prompt=None, image=views[0], num_views=views.shape[0], cameras=cameras, num_inference_steps=steps,
+               output_type="pt", generator=torch.Generator().manual_seed(seed))
+    return out.images.cpu()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="folders holding reconstructor/")
+    parser.add_argument("--objects", type=int, default=16, help="unseen objects3d objects (default 16)")
+    parser.add_argument("--pipeline", default=None, help="a TuneMV3D pipeline folder for the generated input")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
+    parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.objects < 2:
+        parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+
+    models = {name: LatentSparseNeuS.from_pretrained(name, subfolder="reconstructor").eval() for name in args.models}
+    size, pipe = args.resolution, None
+    if args.pipeline:
+        from diffusers_mv3d import TuneMV3DPipeline
+
+        pipe = TuneMV3DPipeline.from_pretrained(args.pipeline)
+        pipe.set_progress_bar_config(disable=True)
+        if pipe.image_size != size:
+            parser.error(f"--resolution is {size} but the pipeline generates {pipe.image_size} px views")
+    cfg = EvaluationConfig(model=args.models[0])  # only its mesh settings are read
+    cameras = default_cameras(8, size)
+    generator = torch.Generator().manual_seed(args.seed)
+    objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + i)[1] for i in range(args.objects)]
+    renders = [render_with_masks(obj, cameras) for obj in objects]
+    inputs = {"white": [r["views"] for r in renders],
+              "tinted": [tinted(r["views"], r["masks"], generator) for r in renders],
+              "negative-control": [renders[(i + 1) % len(renders)]["views"] for i in range(len(renders))]}
+    if pipe is not None:
+        start = time.perf_counter()
+        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed) for r in renders]
+        print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s", flush=True)
+
+    rows: List[str] = []
+    for name, model in models.items():
+        for source in [s for s in INPUTS if s in inputs]:
+            scores = [mesh_scores(model, views, cameras, obj.mesh, cfg) for views, obj in zip(inputs[source], objects)]
+            mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
+            chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
+            chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
+            rows.append(f"| {name} | {source} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
+            print(rows[-1], flush=True)
+    print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px\n")
+    print("| reconstructor | input views | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
