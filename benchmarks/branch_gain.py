@@ -8,7 +8,9 @@ views against the renders, for
 - ``unet``: the frozen foundation alone (no residuals);
 - ``branch, no NeuS``: the branch without its centralized condition (what consistency guidance
   subtracts, §3.3);
-- ``branch``: the full branch (NeuS render + geometry-aware attention).
+- ``branch``: the full branch (NeuS render + geometry-aware attention);
+- ``NeuS x0``: the NeuS's own render of the clean views (the centralized condition, eq. 3) against
+  the renders pooled to its size.
 
 A branch that carries information between views beats ``unet`` most at high t with a reference;
 equal figures mean its residuals are not used. Paired over the same objects, noise and prompts.
@@ -27,7 +29,7 @@ from diffusers_mv3d.data.splits import split_object
 from diffusers_mv3d.evaluation.variants import render_object
 
 FIRST_UNSEEN_INDEX = 1_000_000
-MODES = ("unet", "branch, no NeuS", "branch")
+MODES = ("unet", "branch, no NeuS", "branch", "NeuS x0")
 
 
 def x0_estimate(scheduler, noisy: torch.Tensor, output: torch.Tensor, t: int) -> torch.Tensor:
@@ -67,8 +69,11 @@ def gains(pipe, views: torch.Tensor, text: torch.Tensor, t: int, reference: bool
         "branch, no NeuS": pipe.predict_noise(latents, view_t, text, cameras, None),
         "branch": pipe.predict_noise(latents, view_t, text, cameras, neus_output),
     }
-    return {mode: psnr(x0_estimate(scheduler, noisy[scored], out[0, scored], t), views[scored])
-            for mode, out in outputs.items()}
+    scores = {mode: psnr(x0_estimate(scheduler, noisy[scored], out[0, scored], t), views[scored])
+              for mode, out in outputs.items()}
+    render = neus_output.x0[0, scored]  # the centralized condition: NeuS's x0 at its render size
+    scores["NeuS x0"] = psnr(render, torch.nn.functional.adaptive_avg_pool2d(views[scored], render.shape[-2:]))
+    return scores
 
 
 def main() -> None:

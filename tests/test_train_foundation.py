@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -501,8 +502,13 @@ def test_resume_latest_skips_a_corrupt_newest_checkpoint_and_a_named_one_is_an_e
     with pytest.raises(ValueError, match="optimizer.safetensors"):
         resolve_resume(FoundationTrainConfig(**{**settings, "resume": str(newest)}))
     (checkpoints / "checkpoint-000002" / "trainer_state.json").write_text('{"step": 2, "optimizer": ')  # cut short
-    with pytest.warns(UserWarning, match="trainer_state.json"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert newest_intact_checkpoint(checkpoints) is None  # nothing intact: a fresh start
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2  # each corrupt checkpoint named once, with the file that is wrong
+    assert "checkpoint-000003 (" in messages[0] and "optimizer.safetensors" in messages[0]
+    assert "checkpoint-000002 (" in messages[1] and "trainer_state.json" in messages[1]
 
 
 def test_an_output_dir_that_is_a_file_is_a_clear_error(data_dir, tmp_path):
