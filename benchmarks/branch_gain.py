@@ -22,6 +22,7 @@ import argparse
 from typing import Dict, List
 
 import torch
+import torch.nn.functional as F
 
 from diffusers_mv3d import TuneMV3DPipeline
 from diffusers_mv3d.cameras import default_cameras
@@ -43,14 +44,18 @@ def x0_estimate(scheduler, noisy: torch.Tensor, output: torch.Tensor, t: int) ->
     return output
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    return float(10 * torch.log10(4.0 / ((a.clamp(-1, 1) - b) ** 2).mean()))
+def psnr(a: torch.Tensor, b: torch.Tensor, size: int = 0) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2), both area-pooled to ``size`` px first when > 0."""
+    a = a.clamp(-1, 1)
+    if size > 0:
+        a, b = F.adaptive_avg_pool2d(a, size), F.adaptive_avg_pool2d(b, size)
+    return float(10 * torch.log10(4.0 / ((a - b) ** 2).mean()))
 
 
 @torch.no_grad()
-def gains(pipe, views: torch.Tensor, text: torch.Tensor, t: int, reference: bool, seed: int) -> Dict[str, float]:
-    """PSNR of the views' x0 estimates under each mode; ``views [V, 3, H, W]`` in [-1, 1]."""
+def gains(pipe, views: torch.Tensor, text: torch.Tensor, t: int, reference: bool, seed: int,
+          score_size: int = 0) -> Dict[str, float]:
+    """PSNR of the views' x0 estimates under each mode (at ``score_size`` px when > 0); ``views [V, 3, H, W]`` in [-1, 1]."""
     scheduler = pipe.scheduler.inner
     num_views = views.shape[0]
     cameras = default_cameras(num_views, views.shape[-1])[None]
@@ -69,10 +74,10 @@ def gains(pipe, views: torch.Tensor, text: torch.Tensor, t: int, reference: bool
         "branch, no NeuS": pipe.predict_noise(latents, view_t, text, cameras, None),
         "branch": pipe.predict_noise(latents, view_t, text, cameras, neus_output),
     }
-    scores = {mode: psnr(x0_estimate(scheduler, noisy[scored], out[0, scored], t), views[scored])
+    scores = {mode: psnr(x0_estimate(scheduler, noisy[scored], out[0, scored], t), views[scored], score_size)
               for mode, out in outputs.items()}
     render = neus_output.x0[0, scored]  # the centralized condition: NeuS's x0 at its render size
-    scores["NeuS x0"] = psnr(render, torch.nn.functional.adaptive_avg_pool2d(views[scored], render.shape[-2:]))
+    scores["NeuS x0"] = psnr(render, F.adaptive_avg_pool2d(views[scored], render.shape[-2:]), score_size)
     return scores
 
 
@@ -82,6 +87,9 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--timesteps", type=int, nargs="+", default=[300, 600, 900])
     parser.add_argument("--no-caption", action="store_true", help="empty prompts (image-to-multiview's default)")
+    parser.add_argument("--score-size", type=int, default=0,
+                        help="pool every estimate and target to this size before the PSNR (0: full size; "
+                             "the NeuS render's size compares it with the branch at equal detail)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.num_threads > 0:
@@ -97,7 +105,7 @@ def main() -> None:
                  for obj in objects]
         for reference in (False, True):
             for t in args.timesteps:
-                runs = [gains(pipe, views, text, t, reference, seed)
+                runs = [gains(pipe, views, text, t, reference, seed, args.score_size)
                         for seed, (views, text) in enumerate(zip(renders, texts))]
                 mean = {mode: sum(r[mode] for r in runs) / len(runs) for mode in MODES}
                 rows.append(f"| {model} | {'view 0' if reference else 'none'} | {t} | "

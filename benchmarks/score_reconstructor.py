@@ -8,7 +8,8 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
 - ``tinted``: the same renders recomposited over a random colour a view (what a young branch's
   generated views look like);
 - ``generated``: the views a TuneMV3D pipeline generates from view 0 (image-to-multiview, as
-  ``diffusers-mv3d evaluate --image-to-multiview`` runs it; needs ``--pipeline``);
+  ``diffusers-mv3d evaluate --image-to-multiview`` runs it; needs ``--pipeline``; their PSNR / SSIM
+  against the renders is printed beside copying the reference, as the evaluation reports it);
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
@@ -16,22 +17,20 @@ Meshes: marching cubes at 64^3, volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 1
 (the evaluation's settings). A reconstructor is a folder with ``reconstructor/`` (a pipeline folder or
 ``train-reconstructor``'s ``model/``).
 
-    python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2/model \
+    python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2-tiny/model \
         --pipeline pipelines/tunemv3d-tiny --objects 16 --num-threads 1
 """
 
 import argparse
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
-from diffusers_mv3d.evaluation.metrics import chamfer_l1, volume_iou
+from diffusers_mv3d.evaluation.metrics import chamfer_l1, image_psnr_ssim, volume_iou
 from diffusers_mv3d.evaluation.settings import EvaluationConfig
-from diffusers_mv3d.evaluation.variants import render_object
 from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 
@@ -64,9 +63,10 @@ def mesh_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_me
             "chamfer_l1": chamfer_l1(mesh, target_mesh, cfg.chamfer_points), "failed": 0.0}
 
 
-def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int) -> torch.Tensor:
+def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int, **options) -> torch.Tensor:
+    """Image-to-multiview from ``views[0]`` (no caption), ``[V, 3, H, W]`` in [0, 1]."""
     out = pipe(prompt=None, image=views[0], num_views=views.shape[0], cameras=cameras, num_inference_steps=steps,
-               output_type="pt", generator=torch.Generator().manual_seed(seed))
+               output_type="pt", generator=torch.Generator().manual_seed(seed), **options)
     return out.images.cpu()
 
 
@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=16, help="unseen objects3d objects (default 16)")
     parser.add_argument("--pipeline", default=None, help="a TuneMV3D pipeline folder for the generated input")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
+    parser.add_argument("--consistency-ratio", type=float, default=None,
+                        help="K of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -104,8 +106,15 @@ def main() -> None:
               "negative-control": [renders[(i + 1) % len(renders)]["views"] for i in range(len(renders))]}
     if pipe is not None:
         start = time.perf_counter()
-        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed) for r in renders]
-        print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s", flush=True)
+        options = {} if args.consistency_ratio is None else {"consistency_ratio": args.consistency_ratio}
+        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, **options)
+                               for r in renders]
+        scores = [image_psnr_ssim(g[1:], r["views"][1:]) for g, r in zip(inputs["generated"], renders)]
+        copied = [image_psnr_ssim(r["views"][:1].expand_as(r["views"][1:]), r["views"][1:]) for r in renders]
+        print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s; views 1-7 against the renders: "
+              f"PSNR {sum(p for p, _ in scores) / len(scores):.2f} dB, SSIM {sum(q for _, q in scores) / len(scores):.3f} "
+              f"(reference copied: {sum(p for p, _ in copied) / len(copied):.2f} dB, "
+              f"{sum(q for _, q in copied) / len(copied):.3f})", flush=True)
 
     rows: List[str] = []
     for name, model in models.items():

@@ -89,7 +89,7 @@ from ..io_utils import atomic_write
 from ..threads import torch_threads
 from ..training.config import add_dataclass_arguments, config_to_dict, resolve_or_exit
 from .consistency import foreground_masks
-from .metrics import _image_psnr_ssim, chamfer_l1, score_views, volume_iou, voxelize_mesh
+from .metrics import chamfer_l1, image_psnr_ssim, score_views, volume_iou, voxelize_mesh
 from .report import machine_description, markdown_report, write_results
 from .settings import (
     BASELINE_VARIANTS,
@@ -333,8 +333,8 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, 
             out, mesh = pipe(**arguments, generator=torch.Generator().manual_seed(seed)), None
         seconds = time.perf_counter() - start
         images = out.images.cpu()
-        psnr, ssim = _image_psnr_ssim(images[1:], target[1:])
-        copied_psnr, copied_ssim = _image_psnr_ssim(target[:1].expand_as(target[1:]), target[1:])
+        psnr, ssim = image_psnr_ssim(images[1:], target[1:])
+        copied_psnr, copied_ssim = image_psnr_ssim(target[:1].expand_as(target[1:]), target[1:])
         chamfer, iou = _mesh_scores(mesh, obj.mesh, cfg)
         # the mesh figures' references: the renders meshed (the reconstructor's ceiling) and, as the
         # negative control, the next object's renders meshed

@@ -78,7 +78,7 @@ def volume_iou(mesh_a, mesh_b, resolution: int = 32) -> float:
     return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
-def _image_psnr_ssim(prediction: torch.Tensor, target: torch.Tensor) -> Tuple[float, float]:
+def image_psnr_ssim(prediction: torch.Tensor, target: torch.Tensor) -> Tuple[float, float]:
     """Mean over views of PSNR and SSIM (skimage, data range 1) of ``[V, 3, H, W]`` images in ``[0, 1]``."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
