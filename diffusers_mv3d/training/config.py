@@ -202,6 +202,14 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+class _DictWithKeys(dict):
+    """A JSON object that also keeps its keys as written, repeats included (``json``'s ``object_pairs_hook``)."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.keys_as_written = [key for key, _ in pairs]
+
+
 def load_config_file(path: str) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON settings file into a dict (keys may use - or _)."""
     if not os.path.isfile(path):
@@ -211,13 +219,16 @@ def load_config_file(path: str) -> Dict[str, Any]:
     if path.endswith((".yaml", ".yml")):
         import yaml  # PyYAML, installed with huggingface_hub
 
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)  # one parse: the node tree gives the keys as written, then the values
+        try:
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
         keys = [key.value for key, _ in node.value] if isinstance(node, yaml.MappingNode) else []
     elif path.endswith(".json"):
-        data = json.loads(text)
-        pairs = json.loads(text, object_pairs_hook=lambda items: items)
-        keys = [key for key, _ in pairs] if isinstance(data, dict) else []
+        data = json.loads(text, object_pairs_hook=_DictWithKeys)
+        keys = data.keys_as_written if isinstance(data, _DictWithKeys) else []
     else:
         raise ValueError(f"--config: expected a .yaml, .yml or .json file, got {path!r}")
     if data is None:
