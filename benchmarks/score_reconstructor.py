@@ -63,9 +63,9 @@ def mesh_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_me
             "chamfer_l1": chamfer_l1(mesh, target_mesh, cfg.chamfer_points), "failed": 0.0}
 
 
-def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int, **options) -> torch.Tensor:
-    """Image-to-multiview from ``views[0]`` (no caption), ``[V, 3, H, W]`` in [0, 1]."""
-    out = pipe(prompt=None, image=views[0], num_views=views.shape[0], cameras=cameras, num_inference_steps=steps,
+def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int, caption=None, **options) -> torch.Tensor:
+    """Image-to-multiview from ``views[0]`` (and ``caption`` when given), ``[V, 3, H, W]`` in [0, 1]."""
+    out = pipe(prompt=caption, image=views[0], num_views=views.shape[0], cameras=cameras, num_inference_steps=steps,
                output_type="pt", generator=torch.Generator().manual_seed(seed), **options)
     return out.images.cpu()
 
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
     parser.add_argument("--consistency-ratio", type=float, default=None,
                         help="K of the generated views (default: the pipeline's saved one)")
+    parser.add_argument("--caption", action="store_true", help="give the object's caption with the image")
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -107,8 +108,9 @@ def main() -> None:
     if pipe is not None:
         start = time.perf_counter()
         options = {} if args.consistency_ratio is None else {"consistency_ratio": args.consistency_ratio}
-        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, **options)
-                               for r in renders]
+        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed,
+                                               obj.caption if args.caption else None, **options)
+                               for r, obj in zip(renders, objects)]
         scores = [image_psnr_ssim(g[1:], r["views"][1:]) for g, r in zip(inputs["generated"], renders)]
         copied = [image_psnr_ssim(r["views"][:1].expand_as(r["views"][1:]), r["views"][1:]) for r in renders]
         print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s; views 1-7 against the renders: "
