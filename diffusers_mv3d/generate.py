@@ -261,6 +261,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt and args.image is None:
         raise ValueError("give a prompt, or --image for image-to-multiview")
+    if not args.prompt:
+        print("note: --image without a caption: the other views follow the foundation without a prompt and "
+              "rarely show the reference's object; give its caption too (docs/results.md, image-to-multiview)")
     if args.num_threads < 0:
         raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {args.num_threads}")
     with torch_threads(args.num_threads or None):

@@ -40,7 +40,7 @@ def test_generate_writes_views_grid_cameras_mesh_and_turntable(model_dir, tmp_pa
     assert str(out) in capsys.readouterr().out
 
 
-def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_path):
+def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_path, capsys):
     reference = PIL.Image.new("RGB", (16, 16), (200, 30, 30))
     reference.save(tmp_path / "ref.png")
     out = tmp_path / "out"
@@ -48,6 +48,10 @@ def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_pa
           "--out", str(out), "--no-mesh"])
     assert PIL.Image.open(out / "view_00.png").getpixel((8, 8)) == (200, 30, 30)
     assert not (out / "mesh.glb").exists()
+    assert "without a caption" in capsys.readouterr().out  # the hint: a caption makes the other views follow
+    main(["generate", "a red mug", "--image", str(tmp_path / "ref.png"), "--model", str(model_dir), "--views", "2",
+          "--steps", "1", "--out", str(out), "--no-mesh"])
+    assert "without a caption" not in capsys.readouterr().out
 
 
 def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(model_dir, tmp_path, capsys):
