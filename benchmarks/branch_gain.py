@@ -98,6 +98,8 @@ def main() -> None:
     rows: List[str] = []
     for model in args.models:
         pipe = TuneMV3DPipeline.from_pretrained(model)
+        if pipe.vae is not None:
+            parser.error(f"{model} is a latent pipeline; this benchmark noises pixel renders (pixel pipelines only)")
         pipe.neus.eval()
         size = pipe.image_size
         renders = [render_object(obj, default_cameras(8, size)) * 2 - 1 for obj in objects]
