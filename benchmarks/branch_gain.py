@@ -28,20 +28,10 @@ from diffusers_mv3d import TuneMV3DPipeline
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
 from diffusers_mv3d.evaluation.variants import render_object
+from diffusers_mv3d.foundation import predicted_x0
 
 FIRST_UNSEEN_INDEX = 1_000_000
 MODES = ("unet", "branch, no NeuS", "branch", "NeuS x0")
-
-
-def x0_estimate(scheduler, noisy: torch.Tensor, output: torch.Tensor, t: int) -> torch.Tensor:
-    """The one-step clean estimate of ``noisy`` from the model ``output`` (epsilon, v or sample prediction)."""
-    alpha_bar = scheduler.alphas_cumprod[t]
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return (noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt().clamp(min=1e-4)
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
-    return output
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, size: int = 0) -> float:
@@ -74,7 +64,8 @@ def gains(pipe, views: torch.Tensor, text: torch.Tensor, t: int, reference: bool
         "branch, no NeuS": pipe.predict_noise(latents, view_t, text, cameras, None),
         "branch": pipe.predict_noise(latents, view_t, text, cameras, neus_output),
     }
-    scores = {mode: psnr(x0_estimate(scheduler, noisy[scored], out[0, scored], t), views[scored], score_size)
+    scored_t = view_t[0, scored]
+    scores = {mode: psnr(predicted_x0(scheduler, noisy[scored], out[0, scored], scored_t), views[scored], score_size)
               for mode, out in outputs.items()}
     render = neus_output.x0[0, scored]  # the centralized condition: NeuS's x0 at its render size
     scores["NeuS x0"] = psnr(render, F.adaptive_avg_pool2d(views[scored], render.shape[-2:]), score_size)

@@ -29,19 +29,21 @@ import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
-from diffusers_mv3d.evaluation.metrics import chamfer_l1, image_psnr_ssim, volume_iou
+from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import EvaluationConfig
 from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
+from diffusers_mv3d.training.train_reconstructor import over_background
 
 FIRST_UNSEEN_INDEX = 1_000_000
 INPUTS = ("white", "tinted", "generated", "negative-control")
 
 
 def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``views [V, 3, H, W]`` on white recomposited over a random colour a view (``masks [V, 1, H, W]`` = alpha)."""
-    colours = torch.rand(views.shape[0], 3, 1, 1, generator=generator)
-    return views + (1.0 - masks) * (colours - 1.0)
+    """``views [V, 3, H, W]`` on white recomposited over a random colour a view (``masks [V, 1, H, W]`` = alpha),
+    as ``train-reconstructor --tinted-background-share`` does."""
+    colours = torch.rand(1, views.shape[0], 3, 1, 1, generator=generator)
+    return over_background(views[None], masks[None], colours, torch.tensor([True]))[0]
 
 
 def render_with_masks(obj, cameras) -> Dict[str, torch.Tensor]:
@@ -52,15 +54,16 @@ def render_with_masks(obj, cameras) -> Dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def mesh_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh, cfg: EvaluationConfig) -> Dict[str, float]:
+def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
+                          cfg: EvaluationConfig) -> Dict[str, float]:
     """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` and score it against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
     try:
         mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution)
     except ValueError:  # no surface
-        return {"volume_iou": 0.0, "chamfer_l1": float("nan"), "failed": 1.0}
-    return {"volume_iou": volume_iou(mesh, target_mesh, cfg.mesh_iou_resolution),
-            "chamfer_l1": chamfer_l1(mesh, target_mesh, cfg.chamfer_points), "failed": 0.0}
+        mesh = None
+    chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
+    return {"volume_iou": iou, "chamfer_l1": chamfer, "failed": float(mesh is None)}
 
 
 def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int, caption=None, **options) -> torch.Tensor:
@@ -121,7 +124,8 @@ def main() -> None:
     rows: List[str] = []
     for name, model in models.items():
         for source in [s for s in INPUTS if s in inputs]:
-            scores = [mesh_scores(model, views, cameras, obj.mesh, cfg) for views, obj in zip(inputs[source], objects)]
+            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg)
+                      for views, obj in zip(inputs[source], objects)]
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")

@@ -89,7 +89,7 @@ from ..io_utils import atomic_write
 from ..threads import torch_threads
 from ..training.config import add_dataclass_arguments, config_to_dict, resolve_or_exit
 from .consistency import foreground_masks
-from .metrics import chamfer_l1, image_psnr_ssim, score_views, volume_iou, voxelize_mesh
+from .metrics import chamfer_l1, image_psnr_ssim, mesh_scores, score_views, volume_iou, voxelize_mesh
 from .report import machine_description, markdown_report, write_results
 from .settings import (
     BASELINE_VARIANTS,
@@ -363,14 +363,8 @@ def _mesh_or_none(pipe, views: torch.Tensor, cameras, cfg: EvaluationConfig):
 
 
 def _mesh_scores(mesh, target_mesh, cfg: EvaluationConfig) -> Tuple[float, float]:
-    """``(Chamfer-L1, volume IoU)`` of ``mesh`` against ``target_mesh``; ``(nan, 0)`` for no mesh."""
-    if mesh is None:
-        return float("nan"), 0.0
-    try:
-        chamfer = chamfer_l1(mesh, target_mesh, cfg.chamfer_points)
-    except ValueError:  # an empty mesh
-        chamfer = float("nan")
-    return chamfer, volume_iou(mesh, target_mesh, cfg.mesh_iou_resolution)
+    """:func:`mesh_scores` at the evaluation's Chamfer points and IoU grid."""
+    return mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,18 @@ def volume_iou(mesh_a, mesh_b, resolution: int = 32) -> float:
     return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
+def mesh_scores(mesh, target_mesh, chamfer_points: int = 10000, iou_resolution: int = 32) -> Tuple[float, float]:
+    """``(Chamfer-L1, volume IoU)`` of ``mesh`` against ``target_mesh``; ``(nan, 0)`` for no mesh (``None``)
+    and a nan Chamfer for an empty one."""
+    if mesh is None:
+        return float("nan"), 0.0
+    try:
+        chamfer = chamfer_l1(mesh, target_mesh, chamfer_points)
+    except ValueError:  # an empty mesh
+        chamfer = float("nan")
+    return chamfer, volume_iou(mesh, target_mesh, iou_resolution)
+
+
 def image_psnr_ssim(prediction: torch.Tensor, target: torch.Tensor) -> Tuple[float, float]:
     """Mean over views of PSNR and SSIM (skimage, data range 1) of ``[V, 3, H, W]`` images in ``[0, 1]``."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
