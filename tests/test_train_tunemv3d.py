@@ -403,6 +403,24 @@ def test_ema_run_saves_averaged_weights_and_resumes_exactly(workdir):
         main(TuneMV3DTrainConfig(**tiny_settings(workdir, plain, resume="latest", **settings)))
 
 
+def test_init_from_starts_a_fresh_run_from_a_model_folder_and_checks_its_settings(straight_run, workdir):
+    summary, straight = straight_run
+    settings = dict(init_from=str(straight / "model"), learning_rate=1e-12, neus_learning_rate=1e-12,
+                    max_train_steps=1, validation_steps=0, seed=1)  # a new branch would differ from seed 0's
+    out = workdir / "continued"
+    assert main(TuneMV3DTrainConfig(**tiny_settings(workdir, out, **settings)))["step"] == 1
+    for name in ("controlnet", "neus"):  # the weights are the folder's (a learning rate of 1e-12 keeps them)
+        before = weights(straight / "model" / name / "diffusion_pytorch_model.safetensors")
+        after = weights(out / "checkpoints" / "checkpoint-000001" / name / "diffusion_pytorch_model.safetensors")
+        assert before.keys() == after.keys()
+        assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in before)
+
+    with pytest.raises(ValueError, match="--init-from .*geometry_attention_neighbourhood"):  # no shape, still checked
+        main(TuneMV3DTrainConfig(**tiny_settings(workdir, workdir / "bad", geometry_attention_neighbourhood=5, **settings)))
+    with pytest.raises(ValueError, match="--init-from .*no controlnet/"):
+        main(TuneMV3DTrainConfig(**tiny_settings(workdir, workdir / "bad2", **{**settings, "init_from": str(workdir)})))
+
+
 def _free_port() -> int:
     """A free port below the ephemeral range (32768+), where a client of the rendezvous store could
     otherwise be given the store's own port and connect to itself."""

@@ -43,6 +43,7 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 """
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Optional, Tuple
@@ -57,6 +58,7 @@ from ..sampling import ddim_scheduler
 from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
 from .checkpointing import check_architecture
 from .common import eval_mode, script_main
+from .config import flag_name
 from .ema import WeightAverage
 from .losses import gather_pixels, render_losses
 from .runner import (
@@ -110,6 +112,8 @@ class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, 
     """Fraction of objects in which 1 to max_reference_views random input views are clean (timestep 0, no noise) and carry no diffusion loss, as the pipeline clamps reference views (§3.4)."""
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
+    init_from: Optional[str] = None
+    """Start a fresh run from the controlnet/ and neus/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new branch; their configs must match these settings; optimizer, schedule and EMA start anew. Ignored when resuming."""
 
     at_least = {"diffusion_loss_weight": 0, "reconstruction_loss_weight": 0, "supervision_rays": 1}
 
@@ -122,11 +126,41 @@ class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, 
         self.check(0.0 <= self.reference_view_share <= 1.0, "reference_view_share", "must be in [0, 1]")
         self.check(1 <= self.max_reference_views < self.num_input_views, "max_reference_views",
                    f"must be >= 1 and below num_input_views={self.num_input_views} (a view must stay noisy)")
+        self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a folder")
 
 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
     """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
     return build_branch_from_unet(foundation.unet, foundation.channels, foundation.vae is not None, cfg, cfg.seed)
+
+
+def load_branch_to_continue(foundation: Foundation, cfg: TuneMV3DTrainConfig):
+    """``controlnet`` and ``neus`` of ``--init-from``, checked against the branch these settings build
+    (every config entry, so a setting that fixes no weight shape, such as the attention's
+    neighbourhood, cannot silently change)."""
+    from ..models.latent_sparse_neus import LatentSparseNeuS
+    from ..models.multiview_controlnet import MultiViewControlNetModel
+
+    folder = Path(cfg.init_from)
+    loaded = []
+    for name, expected, model_class in zip(("controlnet", "neus"), build_branch(foundation, cfg),
+                                           (MultiViewControlNetModel, LatentSparseNeuS)):
+        if not (folder / name / "config.json").is_file():
+            raise ValueError(f"{flag_name('init_from')} {cfg.init_from!r}: no {name}/ model folder in it (expected a "
+                             "run's model/ or a TuneMV3D pipeline folder)")
+        model = model_class.from_pretrained(folder / name)
+        differing = sorted(key for key in expected.config if not key.startswith("_")
+                           and _plain(model.config.get(key)) != _plain(expected.config[key]))
+        if differing:
+            found = ", ".join(f"{key}={model.config.get(key)!r} (settings: {expected.config[key]!r})" for key in differing)
+            raise ValueError(f"{flag_name('init_from')} {cfg.init_from!r}: its {name} differs from these settings: {found}")
+        loaded.append(model)
+    return tuple(loaded)
+
+
+def _plain(value):
+    """A config value as its config.json gives it back (tuples become lists, also nested)."""
+    return json.loads(json.dumps(value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,9 +393,9 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
     accelerator, log_path, dataset, resume_from, foundation = start_tuning_run(cfg)
     device = accelerator.device
 
-    # 2. The trained models: fresh, or the weights of the checkpoint
+    # 2. The trained models: fresh, from --init-from, or the weights of the checkpoint
     if resume_from is None:
-        controlnet, neus = build_branch(foundation, cfg)
+        controlnet, neus = load_branch_to_continue(foundation, cfg) if cfg.init_from else build_branch(foundation, cfg)
     else:
         check_architecture(cfg, resume_from)
         controlnet = MultiViewControlNetModel.from_pretrained(resume_from / "controlnet")
