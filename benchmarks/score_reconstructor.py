@@ -13,8 +13,8 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
-Meshes: marching cubes at 64^3, volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points
-(the evaluation's settings). A reconstructor is a folder with ``reconstructor/`` (a pipeline folder or
+Meshes: marching cubes at 64^3 (``--mesh-resolution``), volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on
+10000 surface points (the evaluation's settings). A reconstructor is a folder with ``reconstructor/`` (a pipeline folder or
 ``train-reconstructor``'s ``model/``).
 
     python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2-tiny/model \
@@ -83,6 +83,8 @@ def main() -> None:
                         help="K of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--caption", action="store_true", help="give the object's caption with the image")
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
+    parser.add_argument("--mesh-resolution", type=int, default=None,
+                        help="marching-cubes grid side (default: the evaluation's, 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -100,7 +102,8 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         if pipe.image_size != size:
             parser.error(f"--resolution is {size} but the pipeline generates {pipe.image_size} px views")
-    cfg = EvaluationConfig(model=args.models[0])  # only its mesh settings are read
+    mesh_settings = {} if args.mesh_resolution is None else {"mesh_resolution": args.mesh_resolution}
+    cfg = EvaluationConfig(model=args.models[0], **mesh_settings)  # only its mesh settings are read
     cameras = default_cameras(8, size)
     generator = torch.Generator().manual_seed(args.seed)
     objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + i)[1] for i in range(args.objects)]
@@ -131,7 +134,8 @@ def main() -> None:
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
             rows.append(f"| {name} | {source} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
-    print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px\n")
+    print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px, "
+          f"meshes at {cfg.mesh_resolution}^3\n")
     print("| reconstructor | input views | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|")
     print("\n".join(rows))
 

@@ -361,6 +361,18 @@ def test_a_v_prediction_run_starts_from_an_init_from_folder_and_saves_its_schedu
         main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "bad2"), "init_from": str(tmp_path)}))
 
 
+def test_a_run_resumed_with_another_learning_rate_uses_it_from_the_next_step(data_dir, tmp_path, capsys):
+    settings = {**tiny_settings(data_dir, tmp_path), "max_train_steps": 4, "validation_steps": 0, "learning_rate": 1e-3}
+    main(FoundationTrainConfig(**{**settings, "stop_at_step": 2}))
+    main(FoundationTrainConfig(**{**settings, "learning_rate": 5e-4, "resume": "latest"}))
+    assert "using the settings'" in capsys.readouterr().out
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    # logged: the next step's lr; 1 warm-up step, then cosine to 0 at step 4: factors 0.75, 0.25, 0
+    assert lrs[2] == pytest.approx(0.75e-3) and lrs[3] == pytest.approx(0.25 * 5e-4) and lrs[4] == 0.0
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-000004" / "trainer_state.json").read_text())
+    assert [group["initial_lr"] for group in state["optimizer"]["param_groups"]] == [5e-4]  # what a next resume restores
+
+
 def test_stop_and_resume_equals_the_uninterrupted_run(data_dir, tmp_path):
     settings = {**tiny_settings(data_dir, tmp_path), "max_train_steps": 4, "validation_steps": 0}
     straight = main(FoundationTrainConfig(**{**settings, "output_dir": str(tmp_path / "straight")}))

@@ -213,7 +213,6 @@ def keep_configured_peak_lrs(optimizer, lr_scheduler, configured: List[float]) -
     for group, base, factor in zip(optimizer.param_groups, configured, lr_scheduler.lr_lambdas):
         group["initial_lr"] = base
         group["lr"] = base * factor(lr_scheduler.last_epoch)
-    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,7 +336,7 @@ def train_loop(cfg, accelerator, desc: str, models: Dict[str, torch.nn.Module], 
         if window_steps == 10 or done == end_step or out_of_time:
             samples_per_s = window_steps * cfg.batch_size / (time.time() - window_start)
             window_start, window_steps = time.time(), 0
-        lr = lr_scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]  # the next step's, as the schedule just set it
         progress.update(1)
         progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.2f}")
         if accelerator.is_main_process and (done % cfg.log_every == 0 or done == end_step or out_of_time):
