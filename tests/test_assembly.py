@@ -285,6 +285,34 @@ def test_training_section_sums_resumed_sessions_and_gives_the_reproducing_comman
     assert training_section({"base": "owner/hub-model", "branch": None}) == []
 
 
+def test_training_section_follows_init_from_to_the_earlier_stage(tmp_path):
+    from diffusers_mv3d.assembly.model_card import training_section
+    from diffusers_mv3d.training.config import save_config
+    from diffusers_mv3d.training.train_tunemv3d import TuneMV3DTrainConfig
+
+    def run(name: str, steps: int, init_from=None) -> Path:
+        folder = tmp_path / name
+        (folder / "model").mkdir(parents=True)
+        save_config(TuneMV3DTrainConfig(output_dir=str(folder), init_from=init_from, seed=steps), str(folder / "config.yaml"))
+        records = [{"step": steps, "minutes": steps / 10, "cpu_seconds": 6.0 * steps, "samples_per_s": 1.0}]
+        (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return folder
+
+    first = run("first", 40)
+    second = run("second", 10, init_from=str(first / "model"))
+    card = "\n".join(training_section({"branch": str(second / "model")}))
+    lines = card.splitlines()
+    one = lines.index(next(line for line in lines if line.startswith("| branch, stage 1 of 2 |")))
+    assert "| 40 (of 20000) | 4 min |" in lines[one] and lines[one + 1].startswith("| branch, stage 2 of 2 |")
+    commands = [line for line in lines if line.startswith("diffusers-mv3d train ")]
+    assert len(commands) == 2 and "--stop-at-step 40" in commands[0]
+    assert f"--init-from {first / 'model'}" in commands[1] and "--stop-at-step 10" in commands[1]
+
+    orphan = run("orphan", 10, init_from="pipelines/some-pipeline")  # no run log behind it: named, not a row
+    card = "\n".join(training_section({"branch": str(orphan / "model")}))
+    assert "| branch |" in card and "started from the weights in `pipelines/some-pipeline`" in card
+
+
 def test_recorded_command_parses_back_to_the_same_arguments():
     import shlex
 

@@ -79,6 +79,34 @@ def _hours(value: float) -> str:
     return "-" if value != value else f"{value:.1f} h"  # nan: not logged
 
 
+def _run_of(folder: Optional[str]) -> Optional[Path]:
+    """The trainer's output folder of ``OUTPUT_DIR/model`` or ``OUTPUT_DIR/pipeline`` when it holds the
+    run's ``config.yaml`` and ``log.jsonl``, else None."""
+    run_dir = Path(folder).parent if folder else None
+    if run_dir is None or not (run_dir / "config.yaml").is_file() or not (run_dir / "log.jsonl").is_file():
+        return None
+    return run_dir
+
+
+def _training_row(role: str, run_dir: Path):
+    """``(settings, command, summary)`` of one run: the command reproduces its steps (``--stop-at-step``)."""
+    from ..hub import run_summary
+    from ..training.checkpointing import list_checkpoints
+    from ..training.config import command_line, config_from_args
+
+    program, config_class = _trainer_of(role)
+    cfg = config_from_args(config_class, argparse.Namespace(config=str(run_dir / "config.yaml")))
+    summary = run_summary(run_dir / "log.jsonl")
+    checkpoints = list_checkpoints(run_dir / "checkpoints")  # the last step, which the log may not reach
+    summary["step"] = max([summary.get("step", 0)] + [step for step, _ in checkpoints])
+    session_fields = {"resume": None, "max_minutes": 0.0, "stop_at_step": summary["step"]}
+    if hasattr(cfg, "num_threads"):
+        session_fields["num_threads"] = 0
+    for name, value in session_fields.items():
+        setattr(cfg, name, value)
+    return cfg, command_line(program, cfg), summary
+
+
 def training_section(sources: dict, machine: str = "") -> List[str]:
     """Model-card lines on how the components given as our trainers' output folders were trained.
 
@@ -86,29 +114,22 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
     parent holds the trainer's ``config.yaml`` and ``log.jsonl`` (``OUTPUT_DIR/pipeline`` or
     ``OUTPUT_DIR/model``) gets a row: the command that reproduces its steps (``--stop-at-step``; the
     run may have been stopped and resumed with ``--max-minutes`` any number of times, resuming is
-    exact), the data split, steps, wall and CPU time (:func:`run_summary`). Empty without such folders."""
-    from ..training.checkpointing import list_checkpoints
-    from ..training.config import config_from_args
-    from ..hub import run_summary
-    from ..training.config import command_line
-
-    rows = []
+    exact), the data split, steps, wall and CPU time (:func:`run_summary`). A run started
+    ``--init-from`` another run's folder follows it as its next stage (rows earliest first); one
+    started from a folder without a run log gets a line naming it. Empty without such folders."""
+    rows, notes = [], []
     for role in ("base", "branch", "reconstructor"):
-        folder = sources.get(role)
-        run_dir = Path(folder).parent if folder else None
-        if run_dir is None or not (run_dir / "config.yaml").is_file() or not (run_dir / "log.jsonl").is_file():
-            continue
-        program, config_class = _trainer_of(role)
-        cfg = config_from_args(config_class, argparse.Namespace(config=str(run_dir / "config.yaml")))
-        summary = run_summary(run_dir / "log.jsonl")
-        checkpoints = list_checkpoints(run_dir / "checkpoints")  # the last step, which the log may not reach
-        summary["step"] = max([summary.get("step", 0)] + [step for step, _ in checkpoints])
-        session_fields = {"resume": None, "max_minutes": 0.0, "stop_at_step": summary["step"]}
-        if hasattr(cfg, "num_threads"):
-            session_fields["num_threads"] = 0
-        for name, value in session_fields.items():
-            setattr(cfg, name, value)
-        rows.append((role, command_line(program, cfg), cfg.data_dir, summary, cfg.max_train_steps))
+        stages, folder, seen = [], sources.get(role), set()
+        while (run_dir := _run_of(folder)) is not None and run_dir.resolve() not in seen:
+            seen.add(run_dir.resolve())
+            stages.insert(0, _training_row(role, run_dir))
+            folder = getattr(stages[0][0], "init_from", None)
+        if stages and folder and _run_of(folder) is None:
+            notes.append(f"The {role} run started from the weights in `{folder}` (`--init-from`); how those "
+                         "were trained is not part of this table.")
+        for number, (cfg, command, summary) in enumerate(stages, 1):
+            label = role if len(stages) == 1 else f"{role}, stage {number} of {len(stages)}"
+            rows.append((label, command, cfg.data_dir, summary, cfg.max_train_steps))
     if not rows:
         return []
     renders = sorted({command for command in (render_command(row[2]) for row in rows) if command})
@@ -118,10 +139,13 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
              + (f", on {machine}" if machine else "") + ".", "",
              "| component | data | steps (of the schedule) | wall time | CPU time | samples/s (images or objects) | sessions |",
              "|---|---|---|---|---|---|---|"]
-    for role, _, data_dir, summary, total in rows:
-        lines.append(f"| {role} | `{data_dir}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
+    for label, _, data_dir, summary, total in rows:
+        lines.append(f"| {label} | `{data_dir}` | {summary['step']} (of {total}) | {summary['wall_minutes']:.0f} min | "
                      f"{_hours(summary['cpu_hours'])} | {summary['samples_per_s']:.2f} | {summary['sessions']} |")
-    lines += ["", "Commands: the data, then each trainer (every setting that differs from its defaults, which "
+    lines.append("")
+    for note in notes:
+        lines += [note, ""]
+    lines += ["Commands: the data, then each trainer (every setting that differs from its defaults, which "
               "equal `configs/*-tiny.yaml`):", "", "```bash"]
     lines += renders + [command for _, command, _, _, _ in rows] + ["```", ""]
     return lines
