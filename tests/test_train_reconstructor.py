@@ -167,6 +167,23 @@ def test_stop_and_resume_equals_the_uninterrupted_run(straight_run, objects_dir)
         main(ReconstructorTrainConfig(**tiny_settings(objects_dir, split, resume="latest", neus_hidden_dim=32)))
 
 
+def test_init_from_starts_a_fresh_run_from_a_model_folder_and_checks_its_settings(straight_run, objects_dir):
+    summary, straight = straight_run
+    settings = dict(init_from=str(straight / "model"), learning_rate=1e-12, max_train_steps=1, validation_steps=0,
+                    seed=1)  # a new reconstructor would differ from seed 0's
+    out = objects_dir.parent / "continued"
+    assert main(ReconstructorTrainConfig(**tiny_settings(objects_dir, out, **settings)))["step"] == 1
+    name = "reconstructor/diffusion_pytorch_model.safetensors"
+    before, after = weights(straight / "model" / name), weights(out / "checkpoints" / "checkpoint-000001" / name)
+    assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    with pytest.raises(ValueError, match="--init-from .*init_radius"):  # a setting that shapes no weight, still checked
+        main(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "bad", neus_init_radius=0.3,
+                                                      **settings)))
+    with pytest.raises(ValueError, match="--init-from .*no reconstructor/"):
+        main(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "bad2",
+                                                      **{**settings, "init_from": str(objects_dir)})))
+
+
 def test_settings_of_the_old_spelling_load_from_config_files_and_checkpoints(tmp_path):
     """Issue 15 spelled the NeuS settings as train does (hidden_dim -> neus_hidden_dim): files and
     checkpoints written before still load, with a warning naming both names."""

@@ -34,6 +34,7 @@ __all__ = [
     "STATE_FILE",
     "append_log",
     "check_architecture",
+    "load_weights_to_continue",
     "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
@@ -194,6 +195,27 @@ def check_architecture(cfg, checkpoint: Path) -> None:
         if name in settings and name in current and settings[name] != current[name]:
             raise ValueError(f"{flag_name(name)} {current[name]!r} differs from the checkpoint's {settings[name]!r} "
                              f"({checkpoint}); a resumed run keeps it (start a new --output-dir to change it)")
+
+
+def load_weights_to_continue(folder: str, subfolder: str, expected):
+    """The ``subfolder`` model of ``--init-from folder`` (a run's ``model/`` or a pipeline folder), checked
+    against ``expected``, the fresh model the settings build: every config entry must agree (so a
+    setting that fixes no weight shape cannot silently change); the error names the ones that differ."""
+    if not (Path(folder) / subfolder / "config.json").is_file():
+        raise ValueError(f"{flag_name('init_from')} {folder!r}: no {subfolder}/ model folder in it (expected a "
+                         "run's model/ or a pipeline folder holding it)")
+    model = type(expected).from_pretrained(Path(folder) / subfolder)
+    differing = sorted(key for key in expected.config if not key.startswith("_")
+                       and _as_json(model.config.get(key)) != _as_json(expected.config[key]))
+    if differing:
+        found = ", ".join(f"{key}={model.config.get(key)!r} (settings: {expected.config[key]!r})" for key in differing)
+        raise ValueError(f"{flag_name('init_from')} {folder!r}: its {subfolder} differs from these settings: {found}")
+    return model
+
+
+def _as_json(value):
+    """A config value as its config.json gives it back (tuples become lists, also nested)."""
+    return json.loads(json.dumps(value))
 
 
 def trim_log(path: Path, step: int) -> None:

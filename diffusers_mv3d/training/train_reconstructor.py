@@ -26,7 +26,7 @@ and ``step-NNNNNN.glb`` (the validation object's mesh), ``log.jsonl`` and ``conf
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Dict, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from ..cameras import Cameras
 from ..hub import write_model_folder
 from ..mesh import mesh_from_neus
 from .branch import NEUS_SETTINGS, NeuSSettings, NeuSSupervisionSettings, build_neus
-from .checkpointing import check_architecture
+from .checkpointing import check_architecture, load_weights_to_continue
 from .common import eval_mode, script_main
 from .losses import gather_pixels, render_losses
 from .runner import (
@@ -90,6 +90,8 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
     tinted_background_share: float = 0.0
     """Fraction of objects whose input views lie over a random background colour a view (the tints of generated views) while the targets stay on white, so the reconstructor meshes the object, not the background. 0: clean renders only."""
+    init_from: Optional[str] = None
+    """Start a fresh run from the reconstructor/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new one; its config must match these settings; optimizer and schedule start anew. Ignored when resuming."""
 
     at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1}
 
@@ -98,6 +100,7 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
         self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
         self.check(0.0 <= self.tinted_background_share <= 1.0, "tinted_background_share", "must be in [0, 1]")
+        self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a folder")
 
 
 def build_reconstructor(cfg: ReconstructorTrainConfig):
@@ -258,9 +261,11 @@ def main(cfg: ReconstructorTrainConfig) -> Dict[str, object]:
     accelerator, log_path, dataset, resume_from = start_multiview_run(cfg)
     device = accelerator.device
 
-    # 2. Model: fresh, or the weights of the checkpoint
+    # 2. Model: fresh, from --init-from, or the weights of the checkpoint
     if resume_from is None:
         neus = build_reconstructor(cfg)
+        if cfg.init_from:
+            neus = load_weights_to_continue(cfg.init_from, "reconstructor", neus)
     else:
         check_architecture(cfg, resume_from)
         neus = LatentSparseNeuS.from_pretrained(resume_from / "reconstructor")

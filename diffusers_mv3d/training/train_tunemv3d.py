@@ -43,7 +43,6 @@ README.md model card; rewritten at every checkpoint, pushed with ``--push-to-hub
 """
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Optional, Tuple
@@ -56,9 +55,8 @@ from ..hub import write_model_folder
 from ..models.views import fold_views, unfold_views
 from ..sampling import ddim_scheduler
 from .branch import BranchSettings, NeuSSupervisionSettings, TuneMV3DBranch, build_branch_from_unet
-from .checkpointing import check_architecture
+from .checkpointing import check_architecture, load_weights_to_continue
 from .common import eval_mode, script_main
-from .config import flag_name
 from .ema import WeightAverage
 from .losses import gather_pixels, render_losses
 from .runner import (
@@ -132,35 +130,6 @@ class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, 
 def build_branch(foundation: Foundation, cfg: TuneMV3DTrainConfig):
     """Fresh ``controlnet`` (from the frozen UNet) and ``neus`` (in the diffusion space), seeded by ``--seed``."""
     return build_branch_from_unet(foundation.unet, foundation.channels, foundation.vae is not None, cfg, cfg.seed)
-
-
-def load_branch_to_continue(foundation: Foundation, cfg: TuneMV3DTrainConfig):
-    """``controlnet`` and ``neus`` of ``--init-from``, checked against the branch these settings build
-    (every config entry, so a setting that fixes no weight shape, such as the attention's
-    neighbourhood, cannot silently change)."""
-    from ..models.latent_sparse_neus import LatentSparseNeuS
-    from ..models.multiview_controlnet import MultiViewControlNetModel
-
-    folder = Path(cfg.init_from)
-    loaded = []
-    for name, expected, model_class in zip(("controlnet", "neus"), build_branch(foundation, cfg),
-                                           (MultiViewControlNetModel, LatentSparseNeuS)):
-        if not (folder / name / "config.json").is_file():
-            raise ValueError(f"{flag_name('init_from')} {cfg.init_from!r}: no {name}/ model folder in it (expected a "
-                             "run's model/ or a TuneMV3D pipeline folder)")
-        model = model_class.from_pretrained(folder / name)
-        differing = sorted(key for key in expected.config if not key.startswith("_")
-                           and _plain(model.config.get(key)) != _plain(expected.config[key]))
-        if differing:
-            found = ", ".join(f"{key}={model.config.get(key)!r} (settings: {expected.config[key]!r})" for key in differing)
-            raise ValueError(f"{flag_name('init_from')} {cfg.init_from!r}: its {name} differs from these settings: {found}")
-        loaded.append(model)
-    return tuple(loaded)
-
-
-def _plain(value):
-    """A config value as its config.json gives it back (tuples become lists, also nested)."""
-    return json.loads(json.dumps(value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +364,10 @@ def main(cfg: TuneMV3DTrainConfig) -> Dict[str, object]:
 
     # 2. The trained models: fresh, from --init-from, or the weights of the checkpoint
     if resume_from is None:
-        controlnet, neus = load_branch_to_continue(foundation, cfg) if cfg.init_from else build_branch(foundation, cfg)
+        controlnet, neus = build_branch(foundation, cfg)
+        if cfg.init_from:
+            controlnet = load_weights_to_continue(cfg.init_from, "controlnet", controlnet)
+            neus = load_weights_to_continue(cfg.init_from, "neus", neus)
     else:
         check_architecture(cfg, resume_from)
         controlnet = MultiViewControlNetModel.from_pretrained(resume_from / "controlnet")
