@@ -13,9 +13,10 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
-Meshes: marching cubes at 64^3 (``--mesh-resolution``), volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on
-10000 surface points (the evaluation's settings). A reconstructor is a folder with ``reconstructor/`` (a pipeline folder or
-``train-reconstructor``'s ``model/``).
+Meshes: marching cubes of the SDF's zero level (``--mesh-level``) at 64^3 (``--mesh-resolution``),
+volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
+reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-reconstructor``'s
+``model/``).
 
     python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2-tiny/model \
         --pipeline pipelines/tunemv3d-tiny --objects 16 --num-threads 1
@@ -55,11 +56,12 @@ def render_with_masks(obj, cameras) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
-                          cfg: EvaluationConfig) -> Dict[str, float]:
-    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` and score it against ``target_mesh``."""
+                          cfg: EvaluationConfig, level: float = 0.0) -> Dict[str, float]:
+    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set) and score it
+    against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
     try:
-        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution)
+        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level)
     except ValueError:  # no surface
         mesh = None
     chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes grid side (default: the evaluation's, 64)")
+    parser.add_argument("--mesh-level", type=float, default=0.0, help="SDF value meshed (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -127,7 +130,7 @@ def main() -> None:
     rows: List[str] = []
     for name, model in models.items():
         for source in [s for s in INPUTS if s in inputs]:
-            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg)
+            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level)
                       for views, obj in zip(inputs[source], objects)]
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
@@ -135,7 +138,7 @@ def main() -> None:
             rows.append(f"| {name} | {source} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
     print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px, "
-          f"meshes at {cfg.mesh_resolution}^3\n")
+          f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}\n")
     print("| reconstructor | input views | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|")
     print("\n".join(rows))
 

@@ -41,7 +41,7 @@ ImagesLike = Union[Sequence[PIL.Image.Image], torch.Tensor, np.ndarray]
 
 # ---------------------------------------------------------------------------------------- 1. SDF -> mesh
 def mesh_from_neus(
-    neus: LatentSparseNeuS, context: NeuSContext, resolution: int = 64, object_index: int = 0
+    neus: LatentSparseNeuS, context: NeuSContext, resolution: int = 64, object_index: int = 0, level: float = 0.0
 ) -> trimesh.Trimesh:
     """Marching cubes on the zero level set of one object's SDF (world coordinates, outward faces).
 
@@ -50,6 +50,7 @@ def mesh_from_neus(
         context: from ``neus.encode(views [B, V, C, H, W], t, cameras)`` of the final views.
         resolution: grid side R; the SDF MLP runs on R^3 points (the cost: ~8x a doubling).
         object_index: which of the context's B objects to mesh.
+        level: the SDF value meshed (0: the surface the NeuS renders; below 0 shrinks it).
 
     Raises:
         ValueError: when ``object_index`` is out of range, or the SDF has no surface in the bounds.
@@ -62,9 +63,9 @@ def mesh_from_neus(
     from skimage.measure import marching_cubes
 
     sdf = neus.sdf_grid(context, resolution, object_index).float().cpu().numpy()  # R R R, x y z order
-    if not (sdf.min() < 0 < sdf.max()):
-        raise ValueError("the SDF has no zero crossing inside the bounds: no surface to mesh")
-    vertices, faces, _, _ = marching_cubes(sdf, level=0.0)  # grid indices
+    if not (sdf.min() < level < sdf.max()):
+        raise ValueError(f"the SDF does not cross {level} inside the bounds: no surface to mesh")
+    vertices, faces, _, _ = marching_cubes(sdf, level=level)  # grid indices
     bound = neus.config.bound_radius
     vertices = vertices / (resolution - 1) * 2 * bound - bound  # grid -> world cube [-bound, bound]^3
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)

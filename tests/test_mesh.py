@@ -66,6 +66,14 @@ def test_mesh_from_neus_is_the_sphere(sphere):
     assert sphere.is_watertight and sphere.volume > 0
 
 
+def test_mesh_from_neus_meshes_the_level_it_is_given():
+    neus, context = sphere_neus()
+    smaller = mesh_from_neus(neus, context, resolution=48, level=-0.2)  # |x| - 0.5 = -0.2
+    np.testing.assert_allclose(np.linalg.norm(smaller.vertices, axis=-1), 0.3, atol=0.02)
+    with pytest.raises(ValueError, match="does not cross 2.0"):  # beyond the SDF's range in the bounds
+        mesh_from_neus(neus, context, resolution=16, level=2.0)
+
+
 def test_mesh_from_neus_rejects_a_bad_object_index():
     neus, context = sphere_neus()
     with pytest.raises(ValueError, match="object_index"):
