@@ -123,6 +123,7 @@ def generate(
     azimuths: Optional[Sequence[float]] = None,
     pipe=None,
     step_callback: Optional[Callable[[int, int], None]] = None,
+    caption_image: bool = False,
 ) -> dict:
     """Run the pipeline and write ``view_XX.png``, ``views.png``, ``cameras.json``, ``mesh.glb`` and
     ``turntable.gif`` into ``out`` (files of an earlier run there that this one does not write are
@@ -132,6 +133,9 @@ def generate(
     ``pipe``: an already loaded pipeline (the demo loads one for all its requests); ``model`` is then
     unused. Otherwise the pipeline at ``model`` is loaded (:func:`load_pipeline`).
     ``step_callback(done, total)`` is called after every denoising step (the demo's progress bar).
+    ``caption_image``: with ``image`` and no ``prompt``, caption the image with the package's attribute
+    classifier (``"a <colour> <category>"``, :func:`caption_reference`) and use that as the prompt.
+    Returns it as ``"prompt"``.
 
     Raises:
         ValueError: bad arguments (named as the command line's flags), checked before the model loads.
@@ -172,6 +176,8 @@ def generate(
     cameras = orbit_cameras(orbit, pipe.image_size) if orbit is not None else None
     if reference is not None:
         reference = reference.resize((pipe.image_size, pipe.image_size), PIL.Image.BICUBIC)
+        if caption_image and not prompt:
+            prompt = caption_reference(pipe, reference)
 
     def on_step_end(_pipe, index, _t, callback_kwargs):
         step_callback(index + 1, steps)
@@ -211,7 +217,18 @@ def generate(
         frames = render_turntable(result.mesh, num_frames=turntable_frames, resolution=128)
         written["turntable"] = Path(save_turntable_gif(frames, out / "turntable.gif"))
     _remove_stale_outputs(out, set(written.values()))
-    return {"files": written, "seconds": seconds, "views": views}
+    return {"files": written, "seconds": seconds, "views": views, "prompt": prompt}
+
+
+def caption_reference(pipe, reference: PIL.Image.Image) -> str:
+    """``"a <colour> <category>"`` for a reference image (RGBA composited on white, as the pipeline
+    takes it), by the attribute classifier the package ships (trained on the 2D foundation renders, not
+    on the evaluation's objects). Image-to-multiview follows the reference far better with a caption."""
+    from .evaluation.classifier import AttributeClassifier, caption_images
+    from .evaluation.settings import DEFAULT_CLASSIFIER
+
+    classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
+    return caption_images(classifier, pipe.preprocess_image(reference, "--image")[None])[0]
 
 
 def _remove_stale_outputs(out: Path, written: set) -> None:
@@ -243,6 +260,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (30: docs/results.md, \"Cost of sampling\")")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--image", type=Path, default=None, help="reference image for view 0 (image-to-multiview)")
+    parser.add_argument("--no-auto-caption", action="store_true",
+                        help="with --image and no prompt, sample without a caption instead of captioning the image "
+                             "with the package's attribute classifier")
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded pipelines/tunemv3d-tiny)")
     parser.add_argument("--out", type=Path, default=Path("outputs/generate"), help="output folder")
     parser.add_argument("--guidance-scale", type=float, default=None,
@@ -261,7 +281,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt and args.image is None:
         raise ValueError("give a prompt, or --image for image-to-multiview")
-    if not args.prompt:
+    if not args.prompt and args.no_auto_caption:
         print("note: --image without a caption: the other views follow the foundation without a prompt and "
               "rarely show the reference's object; give its caption too (docs/results.md, image-to-multiview)")
     if args.num_threads < 0:
@@ -272,7 +292,11 @@ def run(args: argparse.Namespace) -> int:
             image=args.image, guidance_scale=args.guidance_scale, consistency_ratio=args.consistency_ratio,
             consistency_scale=args.consistency_scale, eta=args.eta, mesh=not args.no_mesh,
             mesh_resolution=args.mesh_resolution, elevation=args.elevation, azimuths=args.azimuths,
+            caption_image=not args.no_auto_caption,
         )
+    if result["prompt"] != args.prompt:
+        print(f"captioned --image as {result['prompt']!r} (the package's attribute classifier; give a caption to "
+              "choose your own, --no-auto-caption for none)")
     files, views = result["files"], result["views"]
     print(f"generated {views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")
     for name in ("views", "cameras", "mesh", "turntable"):

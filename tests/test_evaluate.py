@@ -196,7 +196,31 @@ def test_evaluate_command_writes_every_variant(tiny_folder, tmp_path):
     assert truth["category_accuracy"] is not None  # the classifier ran
     i2mv = results["image_to_multiview"]
     assert len(i2mv["objects"]) == 1 and i2mv["mean"]["psnr"] is not None and "### Image-to-multiview" in markdown
+    assert "| tunemv3d, image alone |" in markdown and i2mv["objects"][0]["prompt"] is None
     assert len(results["objects"]) == 2 * len(DEFAULT_VARIANTS)
+
+
+def test_image_to_multiview_prompts_none_the_caption_or_the_classifiers_caption(tiny_folder):
+    from diffusers_mv3d.data.splits import split_objects
+    from diffusers_mv3d.evaluation.classifier import caption_images
+    from diffusers_mv3d.evaluation.evaluate import image_to_multiview
+    from diffusers_mv3d.evaluation.variants import render_object
+    from diffusers_mv3d.cameras import default_cameras
+
+    pipe = tiny_pipeline()
+    classifier = AttributeClassifier.from_pretrained(tiny_folder / "classifier")
+    settings = dict(model="in-memory", views=4, steps=1, image_to_multiview=1, mesh_resolution=16,
+                    mesh_iou_resolution=16, chamfer_points=200)
+    (_, obj), = split_objects("eval3d", 1)
+    reference = render_object(obj, default_cameras(4, pipe.image_size))[:1]
+    for flags, expected in (({}, None), ({"image_to_multiview_caption": True}, obj.caption),
+                            ({"image_to_multiview_auto_caption": True}, caption_images(classifier, reference * 2 - 1)[0])):
+        record, = image_to_multiview(pipe, EvaluationConfig(**settings, **flags), 0, classifier)["objects"]
+        assert record["prompt"] == expected
+    with pytest.raises(ValueError, match="--image-to-multiview-auto-caption needs the attribute classifier"):
+        image_to_multiview(pipe, EvaluationConfig(**settings, image_to_multiview_auto_caption=True), 0, None)
+    with pytest.raises(ValueError, match="exclude each other"):
+        EvaluationConfig(**settings, image_to_multiview_caption=True, image_to_multiview_auto_caption=True)
 
 
 def test_bench_script_wraps_the_same_evaluation_and_skips_a_missing_classifier(tiny_folder, tmp_path):

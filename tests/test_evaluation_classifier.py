@@ -13,7 +13,13 @@ from PIL import Image
 
 from diffusers_mv3d.data.palette import PALETTE
 from diffusers_mv3d.data.world import CATEGORIES
-from diffusers_mv3d.evaluation.classifier import AttributeClassifier, AttributeClassifierOutput, accuracy_from_logits, fidelity
+from diffusers_mv3d.evaluation.classifier import (
+    AttributeClassifier,
+    AttributeClassifierOutput,
+    accuracy_from_logits,
+    caption_images,
+    fidelity,
+)
 from diffusers_mv3d.evaluation.train_classifier import augment, cli, train_attribute_classifier
 
 TINY = dict(block_out_channels=(8, 16), norm_num_groups=4)
@@ -169,3 +175,16 @@ def test_fidelity_on_hand_made_logits():
         fidelity(hand_made_images(category_logits, colour_logits), [{"category": "dragon"}] * 4, classifier)
     with pytest.raises(ValueError, match="entries"):
         fidelity(hand_made_images(category_logits, colour_logits), attributes[:3], classifier)
+
+
+def test_the_shipped_classifier_captions_renders_of_training_objects_by_colour_and_category():
+    from diffusers_mv3d.cameras import default_cameras
+    from diffusers_mv3d.data.render import render_views
+    from diffusers_mv3d.data.splits import split_object
+    from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER
+
+    classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
+    objects = [split_object("objects3d", i)[1] for i in range(3)]  # a green bench, a blue bottle, a purple bench
+    renders = [render_views(obj.mesh, default_cameras(1, 32), background="white", antialias=2).rgba for obj in objects]
+    views = torch.from_numpy(np.concatenate(renders))[..., :3].permute(0, 3, 1, 2) * 2 - 1
+    assert caption_images(classifier, views) == [f"a {obj.colour} {obj.category}" for obj in objects]

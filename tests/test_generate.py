@@ -48,10 +48,18 @@ def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_pa
           "--out", str(out), "--no-mesh"])
     assert PIL.Image.open(out / "view_00.png").getpixel((8, 8)) == (200, 30, 30)
     assert not (out / "mesh.glb").exists()
+    printed = capsys.readouterr().out  # no caption given: the image is captioned, and the caption used
+    caption = json.loads((out / "cameras.json").read_text())["prompt"]
+    assert caption.startswith("a ") and f"captioned --image as {caption!r}" in printed
+    main(["generate", "--image", str(tmp_path / "ref.png"), "--model", str(model_dir), "--views", "2", "--steps", "1",
+          "--out", str(out), "--no-mesh", "--no-auto-caption"])
     assert "without a caption" in capsys.readouterr().out  # the hint: a caption makes the other views follow
+    assert json.loads((out / "cameras.json").read_text())["prompt"] == ""
     main(["generate", "a red mug", "--image", str(tmp_path / "ref.png"), "--model", str(model_dir), "--views", "2",
           "--steps", "1", "--out", str(out), "--no-mesh"])
-    assert "without a caption" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "without a caption" not in printed and "captioned" not in printed
+    assert json.loads((out / "cameras.json").read_text())["prompt"] == "a red mug"
 
 
 def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(model_dir, tmp_path, capsys):

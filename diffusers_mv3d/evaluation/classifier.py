@@ -23,7 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-__all__ = ["AttributeClassifier", "AttributeClassifierOutput", "accuracy_from_logits", "fidelity"]
+__all__ = ["AttributeClassifier", "AttributeClassifierOutput", "accuracy_from_logits", "caption_images", "fidelity"]
 
 
 def _default_categories() -> List[str]:
@@ -196,6 +196,15 @@ def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256)
     finally:
         classifier.train(was_training)
     return torch.cat(category), torch.cat(colour)
+
+
+def caption_images(classifier: "AttributeClassifier", images: torch.Tensor) -> List[str]:
+    """Captions ``"a <colour> <category>"`` of ``images [N, 3, H, W]`` in ``[-1, 1]`` (white background),
+    from the classifier's most likely labels: what image-to-multiview is given when the user gives
+    no caption (the foundation then follows the reference's object, docs/results.md)."""
+    category, colour = classify(classifier, images)
+    return [f"a {classifier.config.colours[c]} {classifier.config.categories[k]}"
+            for k, c in zip(category.argmax(-1).tolist(), colour.argmax(-1).tolist())]
 
 
 def fidelity(

@@ -260,7 +260,7 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
                     _save_views(images, Path(views_dir) / variant / f"{p:02d}-s{seed}.png")
         _log(f"evaluate: {variant}: {len(prompts) * len(seeds)} objects in {time.perf_counter() - start_variant:.1f} s")
 
-    i2mv = image_to_multiview(pipe, cfg, seeds[0]) if cfg.image_to_multiview else None
+    i2mv = image_to_multiview(pipe, cfg, seeds[0], classifier) if cfg.image_to_multiview else None
     return {
         "config": config_to_dict(cfg),
         "prompts": [dict(asdict(p), in_split=p.in_split) for p in prompts],
@@ -304,7 +304,7 @@ def summarize(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             for name, group in groups.items()}
 
 
-def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, Any]:
+def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=None) -> Dict[str, Any]:
     """Image-to-multiview (§3.4) on the first ``cfg.image_to_multiview`` held-out ``eval3d`` objects.
 
     Each object is rendered at the ``cfg.views`` default cameras; view 0 is given as ``image=``; the
@@ -313,14 +313,23 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, 
     surface (an untrained NeuS) scores nan / 0 and is counted in ``meshes_failed``. The row
     ``reference copied`` predicts every view as the reference: the floor the images must beat. The
     mesh figures stand beside the renders meshed by the same reconstructor (``renders_*``, its
-    ceiling) and the next object's renders meshed (``control_*``, the negative control).
+    ceiling) and the next object's renders meshed (``control_*``, the negative control). The prompt is
+    none, the object's caption (``image_to_multiview_caption``) or the ``classifier``'s caption of the
+    reference (``image_to_multiview_auto_caption``, :func:`.classifier.caption_images`).
     """
+    from .classifier import caption_images
+
+    if cfg.image_to_multiview_auto_caption and classifier is None:
+        raise ValueError("--image-to-multiview-auto-caption needs the attribute classifier (--classifier DIR)")
     cameras = default_cameras(cfg.views, pipe.image_size)
     records = []
     objects = list(split_objects("eval3d", cfg.image_to_multiview))
     renders = [render_object(obj, cameras) for _, obj in objects]  # [V, 3, H, W] in [0, 1]
     for index, ((object_id, obj), target) in enumerate(zip(objects, renders)):
-        arguments = dict(prompt=obj.caption if cfg.image_to_multiview_caption else None, image=target[0],
+        prompt = obj.caption if cfg.image_to_multiview_caption else None
+        if cfg.image_to_multiview_auto_caption:
+            prompt = caption_images(classifier, target[:1] * 2 - 1)[0]
+        arguments = dict(prompt=prompt, image=target[0],
                          num_views=cfg.views, cameras=cameras, num_inference_steps=cfg.steps,
                          guidance_scale=cfg.guidance_scale, output_type="pt")
         start = time.perf_counter()
@@ -342,7 +351,8 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0) -> Dict[str, 
         other = renders[(index + 1) % len(renders)] if len(renders) > 1 else None
         control_chamfer, control_iou = _mesh_scores(
             None if other is None else _mesh_or_none(pipe, other, cameras, cfg), obj.mesh, cfg)
-        records.append({"object_id": object_id, "caption": obj.caption, "seconds": seconds, "psnr": psnr, "ssim": ssim,
+        records.append({"object_id": object_id, "caption": obj.caption, "prompt": prompt, "seconds": seconds,
+                        "psnr": psnr, "ssim": ssim,
                         "chamfer_l1": chamfer, "volume_iou": iou, "mesh": mesh is not None,
                         "copied_psnr": copied_psnr, "copied_ssim": copied_ssim,
                         "renders_chamfer_l1": truth_chamfer, "renders_volume_iou": truth_iou,

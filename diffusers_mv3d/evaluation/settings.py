@@ -162,6 +162,8 @@ class EvaluationConfig:
     """Also run image-to-multiview on this many held-out eval3d objects (0: skip)."""
     image_to_multiview_caption: bool = False
     """Give the object's caption with the reference image (default: the image alone)."""
+    image_to_multiview_auto_caption: bool = False
+    """Give the caption the attribute classifier makes of the reference image ("a <colour> <category>", what `generate --image` does without a prompt)."""
     mesh_resolution: int = 64
     """Marching-cubes grid of the image-to-multiview meshes."""
     mesh_iou_resolution: int = 32
@@ -195,6 +197,9 @@ class EvaluationConfig:
             raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {self.num_threads}")
         if self.image_to_multiview < 0:
             raise ValueError(f"--image-to-multiview must be >= 0, got {self.image_to_multiview}")
+        if self.image_to_multiview_caption and self.image_to_multiview_auto_caption:
+            raise ValueError("--image-to-multiview-caption and --image-to-multiview-auto-caption exclude each other "
+                             "(the object's caption, or the one made from its image)")
         if any(seed < 0 for seed in self.seeds):
             raise ValueError(f"--seeds must be >= 0, got {list(self.seeds)}")
         for name in ("hull_resolution", "recon_resolution", "mesh_resolution", "mesh_iou_resolution", "chamfer_points"):
