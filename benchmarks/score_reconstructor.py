@@ -30,8 +30,9 @@ import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
+from diffusers_mv3d.evaluation.classifier import AttributeClassifier, caption_images
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
-from diffusers_mv3d.evaluation.settings import EvaluationConfig
+from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--consistency-ratio", type=float, default=None,
                         help="K of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--caption", action="store_true", help="give the object's caption with the image")
+    parser.add_argument("--auto-caption", action="store_true",
+                        help="give the attribute classifier's caption of the image (as generate --image does)")
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes grid side (default: the evaluation's, 64)")
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.caption and args.auto_caption:
+        parser.error("--caption and --auto-caption exclude each other")
     if args.objects < 2:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
     if args.num_threads > 0:
@@ -117,9 +122,12 @@ def main() -> None:
     if pipe is not None:
         start = time.perf_counter()
         options = {} if args.consistency_ratio is None else {"consistency_ratio": args.consistency_ratio}
-        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed,
-                                               obj.caption if args.caption else None, **options)
-                               for r, obj in zip(renders, objects)]
+        captions = [obj.caption if args.caption else None for obj in objects]
+        if args.auto_caption:
+            classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
+            captions = caption_images(classifier, torch.stack([r["views"][0] for r in renders]) * 2 - 1)
+        inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, caption, **options)
+                               for r, caption in zip(renders, captions)]
         scores = [image_psnr_ssim(g[1:], r["views"][1:]) for g, r in zip(inputs["generated"], renders)]
         copied = [image_psnr_ssim(r["views"][:1].expand_as(r["views"][1:]), r["views"][1:]) for r in renders]
         print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s; views 1-7 against the renders: "

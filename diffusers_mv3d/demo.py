@@ -236,7 +236,7 @@ def handle(
             prompt, folder, views=None if angles is not None else views, steps=steps, seed=seed, image=reference,
             guidance_scale=guidance_scale, consistency_ratio=consistency_ratio, consistency_scale=consistency_scale,
             mesh=mesh, mesh_resolution=mesh_resolution, elevation=elevation, azimuths=angles, pipe=pipe,
-            step_callback=on_step,
+            step_callback=on_step, caption_image=True,
         )
     except Exception as error:
         logger.exception("generate failed in the %s step (prompt %r)", step[0], prompt)
@@ -250,6 +250,7 @@ def handle(
         f"{result['views']} views, {steps} steps in {result['seconds']:.1f} s"
         + (f"; with the mesh and turntable {total:.1f} s" if mesh else "")
         + (f"; {NO_MESH}" if mesh_skipped else "")
+        + (f"; no prompt: the image captioned as {result['prompt']!r}" if result["prompt"] != prompt else "")
         + f"; saved in {folder.relative_to(out).as_posix()}/"
     )
     return gallery, _str_or_none(files.get("mesh")), _str_or_none(files.get("turntable")), status

@@ -54,6 +54,7 @@ def test_handler_from_a_reference_image_without_prompt_or_mesh(pipe, tmp_path):
                                               None, None, False)
     assert PIL.Image.open(gallery[0]).getpixel((8, 8)) == (200, 30, 30)
     assert mesh is None and turntable is None and "turntable" not in status
+    assert "no prompt: the image captioned as 'a " in status  # by the package's attribute classifier
 
 
 class Progress:
