@@ -43,7 +43,8 @@ ImagesLike = Union[Sequence[PIL.Image.Image], torch.Tensor, np.ndarray]
 def mesh_from_neus(
     neus: LatentSparseNeuS, context: NeuSContext, resolution: int = 64, object_index: int = 0, level: float = 0.0
 ) -> trimesh.Trimesh:
-    """Marching cubes on the zero level set of one object's SDF (world coordinates, outward faces).
+    """Marching cubes on a level set of one object's SDF, the zero one by default (world coordinates,
+    outward faces).
 
     Args:
         neus: the pipeline's ``neus`` or ``reconstructor``.
