@@ -33,6 +33,7 @@ from diffusers_mv3d.data.splits import split_object
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier, caption_images
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
+from diffusers_mv3d.evaluation.variants import render_object
 from diffusers_mv3d.mesh import mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
@@ -46,13 +47,6 @@ def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator)
     as ``train-reconstructor --tinted-background-share`` does."""
     colours = torch.rand(1, views.shape[0], 3, 1, 1, generator=generator)
     return over_background(views[None], masks[None], colours, torch.tensor([True]))[0]
-
-
-def render_with_masks(obj, cameras) -> Dict[str, torch.Tensor]:
-    from diffusers_mv3d.data.render import render_views
-
-    rgba = torch.from_numpy(render_views(obj.mesh, cameras, background="white", antialias=2).rgba).permute(0, 3, 1, 2)
-    return {"views": rgba[:, :3].contiguous(), "masks": rgba[:, 3:].contiguous()}
 
 
 @torch.no_grad()
@@ -115,7 +109,8 @@ def main() -> None:
     cameras = default_cameras(8, size)
     generator = torch.Generator().manual_seed(args.seed)
     objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + i)[1] for i in range(args.objects)]
-    renders = [render_with_masks(obj, cameras) for obj in objects]
+    renders = [{"views": rgba[:, :3], "masks": rgba[:, 3:]}
+               for rgba in (render_object(obj, cameras, alpha=True) for obj in objects)]
     inputs = {"white": [r["views"] for r in renders],
               "tinted": [tinted(r["views"], r["masks"], generator) for r in renders],
               "negative-control": [renders[(i + 1) % len(renders)]["views"] for i in range(len(renders))]}

@@ -287,3 +287,16 @@ def test_fidelity_classifies_views_on_white_unless_told_not_to(monkeypatch):
     assert torch.equal(whitened[:, :, 2:5, 3:6], views[:, :, 2:5, 3:6] * 2 - 1)
     assert (whitened[:, :, :2] == 1).all() and (whitened[:, :, 5:] == 1).all()
     assert torch.equal(untouched, views * 2 - 1)
+
+
+def test_render_object_gives_the_coverage_as_a_fourth_channel_on_request():
+    from diffusers_mv3d.cameras import default_cameras
+    from diffusers_mv3d.data.splits import split_object
+    from diffusers_mv3d.evaluation.variants import render_object
+
+    obj, cameras = split_object("eval3d", 0)[1], default_cameras(2, 16)
+    rgb, rgba = render_object(obj, cameras), render_object(obj, cameras, alpha=True)
+    assert rgb.shape == (2, 3, 16, 16) and rgba.shape == (2, 4, 16, 16) and torch.equal(rgba[:, :3], rgb)
+    coverage = rgba[:, 3]
+    assert coverage.min() == 0 and coverage.max() == 1  # background and object
+    assert torch.all(rgb[0][:, coverage[0] == 0] == 1)  # uncovered pixels are white

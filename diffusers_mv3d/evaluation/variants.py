@@ -224,9 +224,10 @@ def ground_truth_object(prompt: EvalPrompt, index: int = 0) -> Tuple[str, Proced
     return f"eval3d-seed{index}-{prompt.category}-{prompt.colour}", generate_object(prompt.category, object_seed, prompt.colour)
 
 
-def render_object(obj: ProceduralObject, cameras: Cameras, antialias: int = 2) -> torch.Tensor:
-    """Ground-truth views ``[V, 3, H, W]`` in ``[0, 1]`` on white (as the training renders)."""
+def render_object(obj: ProceduralObject, cameras: Cameras, antialias: int = 2, alpha: bool = False) -> torch.Tensor:
+    """Ground-truth views ``[V, 3, H, W]`` in ``[0, 1]`` on white (as the training renders); with
+    ``alpha``, ``[V, 4, H, W]``: the coverage as a fourth channel."""
     from ..data.render import render_views
 
     rgba = render_views(obj.mesh, cameras, background="white", antialias=antialias).rgba
-    return torch.from_numpy(rgba[..., :3]).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(rgba if alpha else rgba[..., :3]).permute(0, 3, 1, 2).contiguous()
