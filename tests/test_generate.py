@@ -172,7 +172,7 @@ def test_num_threads_applies_to_the_run_and_is_restored(monkeypatch, tmp_path):
 
     seen = []
     monkeypatch.setattr(module, "generate", lambda *args, **kwargs: seen.append(torch.get_num_threads())
-                        or {"files": {}, "views": 1, "seconds": 0.0})
+                        or {"files": {}, "views": 1, "seconds": 0.0, "prompt": kwargs.get("prompt", args[0])})
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
