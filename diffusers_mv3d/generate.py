@@ -5,6 +5,7 @@ a grid, cameras, a coloured mesh and a turntable, with the embedded default mode
 """
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -224,11 +225,18 @@ def caption_reference(pipe, reference: PIL.Image.Image) -> str:
     """``"a <colour> <category>"`` for a reference image (RGBA composited on white, as the pipeline
     takes it), by the attribute classifier the package ships (trained on the 2D foundation renders, not
     on the evaluation's objects). Image-to-multiview follows the reference far better with a caption."""
-    from .evaluation.classifier import AttributeClassifier, caption_images
+    from .evaluation.classifier import caption_images
+
+    return caption_images(_packaged_classifier(), pipe.preprocess_image(reference, "--image")[None])[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_classifier():
+    """The package's attribute classifier, loaded once a process (the demo captions every request)."""
+    from .evaluation.classifier import AttributeClassifier
     from .evaluation.settings import DEFAULT_CLASSIFIER
 
-    classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
-    return caption_images(classifier, pipe.preprocess_image(reference, "--image")[None])[0]
+    return AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
 
 
 def _remove_stale_outputs(out: Path, written: set) -> None:
