@@ -20,6 +20,7 @@ from diffusers_mv3d.training.train_reconstructor import (
     ReconstructorTrainConfig,
     build_reconstructor,
     main,
+    misaligned,
     over_background,
     reconstruction_losses,
 )
@@ -79,6 +80,8 @@ def straight_run(objects_dir):
         ("batch_size", 0, "--batch-size"),
         ("push_to_hub", True, "--hub-model-id"),
         ("tinted_background_share", 1.5, "--tinted-background-share"),
+        ("misaligned_view_share", -0.1, "--misaligned-view-share"),
+        ("misalignment_pixels", -1.0, "--misalignment-pixels"),
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -236,3 +239,53 @@ def test_tinted_backgrounds_change_only_the_input_backgrounds_of_the_chosen_obje
     kept = over_background(batch["images"], batch["masks"], colours, torch.tensor([False, True]))
     torch.testing.assert_close(kept[0], batch["images"][0])
     torch.testing.assert_close(kept[1][background[1]], torch.zeros_like(kept[1][background[1]]))
+
+
+def test_misaligned_moves_and_scales_the_chosen_objects_views_by_the_pixels_asked():
+    images = torch.ones(2, 2, 3, 16, 16)
+    images[:, :, :, 6:10, 6:10] = -1.0  # a dark 4-pixel square in the middle of every view
+    offsets = torch.tensor([[[2.0, 0.0], [0.0, -3.0]], [[5.0, 5.0], [5.0, 5.0]]])
+    scales = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    moved = misaligned(images, offsets, scales, torch.tensor([True, False]))
+    expected = torch.ones(2, 3, 16, 16)
+    expected[0, :, 6:10, 8:12] = -1.0  # x + 2
+    expected[1, :, 3:7, 6:10] = -1.0  # y - 3
+    torch.testing.assert_close(moved[0], expected)
+    torch.testing.assert_close(moved[1], images[1])  # not chosen: unchanged
+    doubled = misaligned(images[:1, :1], torch.zeros(1, 1, 2), torch.tensor([[2.0]]), torch.tensor([True]))
+    assert (doubled[0, 0, 0] < 0).sum() == 64  # the square's side doubles: 8 x 8 pixels
+    assert (doubled[0, 0, 0, 4:12, 4:12] < 0).all()
+
+
+def test_misaligned_views_are_the_inputs_and_the_targets_stay_put(objects_dir):
+    from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
+
+    cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused", misaligned_view_share=1.0,
+                                                  misalignment_pixels=2.0))
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    batch = collate_multiview([dataset[0], dataset[1]])
+    seen = []
+
+    class Spy(ReconstructorStep):
+        def forward(self, views, *args):
+            seen.append(views)
+            return super().forward(views, *args)
+
+    def losses(settings, step_class):
+        neus = build_reconstructor(settings)
+        return reconstruction_losses(step_class(neus).train(), batch, settings, torch.Generator().manual_seed(0),
+                                     torch.device("cpu"))
+
+    loss, _ = losses(cfg, Spy)
+    (views,) = seen
+    assert views.shape == batch["images"].shape and not torch.allclose(views, batch["images"])
+    dark = lambda x: (x.mean(2) < 0.5).flatten(2).float()  # noqa: E731 the object's pixels
+    assert (dark(views).sum(-1) > 0).all()  # each view still shows its object
+    # off by whole pixels in every view, not more than the shift and scale allow (area within a factor)
+    assert ((dark(views) - dark(batch["images"])).abs().sum(-1) > 0).all()
+    ratio = dark(views).sum(-1) / dark(batch["images"]).sum(-1)
+    assert ((ratio > 0.5) & (ratio < 2.0)).all()
+    # the same step without misalignment sees the dataset's views and its loss differs
+    plain, _ = losses(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused")),
+                      ReconstructorStep)
+    assert not torch.isclose(loss, plain)

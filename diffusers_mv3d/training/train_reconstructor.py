@@ -47,7 +47,7 @@ from .runner import (
 )
 from .settings import MultiViewRunSettings
 
-__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "over_background", "reconstruction_losses"]
+__all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "misaligned", "over_background", "reconstruction_losses"]
 
 LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
 
@@ -90,6 +90,10 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     """Marching-cubes grid of the validation mesh (0 = no mesh)."""
     tinted_background_share: float = 0.0
     """Fraction of objects whose input views lie over a random background colour a view (the tints of generated views) while the targets stay on white, so the reconstructor meshes the object, not the background. 0: clean renders only."""
+    misaligned_view_share: float = 0.0
+    """Fraction of objects whose input views are each shifted and scaled by a random amount (up to misalignment_pixels) while the targets stay put, so the reconstructor learns to mesh views that disagree a little, as generated views do. 0: aligned views only."""
+    misalignment_pixels: float = 1.5
+    """Largest shift of a misaligned view in pixels (and largest change of its scale, as the same number of pixels at the view's edge)."""
     init_from: Optional[str] = None
     """Start a fresh run from the reconstructor/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new one; its config must match these settings; optimizer and schedule start anew. Ignored when resuming."""
 
@@ -100,6 +104,8 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
         self.check(self.validation_mesh_resolution == 0 or self.validation_mesh_resolution >= 8,
               "validation_mesh_resolution", "must be 0 or >= 8")
         self.check(0.0 <= self.tinted_background_share <= 1.0, "tinted_background_share", "must be in [0, 1]")
+        self.check(0.0 <= self.misaligned_view_share <= 1.0, "misaligned_view_share", "must be in [0, 1]")
+        self.check(self.misalignment_pixels >= 0, "misalignment_pixels", "must be >= 0")
         self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a folder")
 
 
@@ -145,6 +151,20 @@ def over_background(images: torch.Tensor, masks: torch.Tensor, colours: torch.Te
     return torch.where(objects[:, None, None, None, None], recoloured, images)
 
 
+def misaligned(images: torch.Tensor, offsets: torch.Tensor, scales: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Views ``[B, V, 3, H, W]`` on white, each scaled about its centre by ``scales [B, V]`` and shifted by
+    ``offsets [B, V, 2]`` (x, y in pixels), in the ``objects [B]`` (bool) chosen; the others unchanged.
+    What comes into the frame is the border's colour (the white background)."""
+    b, v, c, h, w = images.shape
+    theta = torch.zeros(b * v, 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scales.flatten()  # output pixel -> input pixel
+    size = torch.tensor([w, h], dtype=images.dtype, device=images.device)
+    theta[:, :, 2] = -2.0 * offsets.reshape(-1, 2) / size / scales.flatten()[:, None]
+    grid = F.affine_grid(theta, [b * v, c, h, w], align_corners=False)
+    moved = F.grid_sample(images.reshape(b * v, c, h, w), grid, padding_mode="border", align_corners=False)
+    return torch.where(objects[:, None, None, None, None], moved.reshape(b, v, c, h, w), images)
+
+
 def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfig, generator: torch.Generator,
                           device: torch.device) -> Tuple[torch.Tensor, Dict[str, float]]:
     """The weighted reconstructor loss of one :func:`collate_multiview` batch and its parts (floats)."""
@@ -162,6 +182,11 @@ def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfi
         tinted = torch.rand(b, generator=generator) < cfg.tinted_background_share
         colours = torch.rand(b, images.shape[1], 3, 1, 1, generator=generator) * 2 - 1
         images = over_background(images, batch["masks"].to(device), colours.to(device), tinted.to(device))
+    if cfg.misaligned_view_share > 0:  # drawn after the tints, for the same reason
+        chosen = torch.rand(b, generator=generator) < cfg.misaligned_view_share
+        offsets = (torch.rand(b, images.shape[1], 2, generator=generator) * 2 - 1) * cfg.misalignment_pixels
+        scales = 1 + (torch.rand(b, images.shape[1], generator=generator) * 2 - 1) * cfg.misalignment_pixels / (width / 2)
+        images = misaligned(images, offsets.to(device), scales.to(device), chosen.to(device))
 
     out = step_module(images, cameras, query, pixel_indices.to(device),
                       points.to(device) if cfg.eikonal_weight > 0 else None)
