@@ -212,10 +212,10 @@ def test_settings_of_the_old_spelling_load_from_config_files_and_checkpoints(tmp
         check_architecture(ReconstructorTrainConfig(neus_init_radius=0.4), checkpoint)
 
 
-def test_tinted_backgrounds_change_only_the_input_backgrounds_of_the_chosen_objects(objects_dir):
+def step_inputs(cfg: ReconstructorTrainConfig):
+    """One training step on the first two objects: ``(batch, the views the step module was given, loss)``."""
     from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
 
-    cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused", tinted_background_share=1.0))
     dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
     batch = collate_multiview([dataset[0], dataset[1]])
     seen = []
@@ -226,8 +226,14 @@ def test_tinted_backgrounds_change_only_the_input_backgrounds_of_the_chosen_obje
             return super().forward(views, *args)
 
     neus = build_reconstructor(cfg)
-    reconstruction_losses(Spy(neus).train(), batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    loss, _ = reconstruction_losses(Spy(neus).train(), batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     (views,) = seen
+    return batch, views, loss
+
+
+def test_tinted_backgrounds_change_only_the_input_backgrounds_of_the_chosen_objects(objects_dir):
+    cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused", tinted_background_share=1.0))
+    batch, views, _ = step_inputs(cfg)
     background, foreground = batch["masks"].expand_as(views) == 0, batch["masks"].expand_as(views) == 1
     assert background.any() and foreground.any()
     torch.testing.assert_close(views[foreground], batch["images"][foreground])  # the object is untouched
@@ -258,26 +264,9 @@ def test_misaligned_moves_and_scales_the_chosen_objects_views_by_the_pixels_aske
 
 
 def test_misaligned_views_are_the_inputs_and_the_targets_stay_put(objects_dir):
-    from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
-
     cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused", misaligned_view_share=1.0,
                                                   misalignment_pixels=2.0))
-    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
-    batch = collate_multiview([dataset[0], dataset[1]])
-    seen = []
-
-    class Spy(ReconstructorStep):
-        def forward(self, views, *args):
-            seen.append(views)
-            return super().forward(views, *args)
-
-    def losses(settings, step_class):
-        neus = build_reconstructor(settings)
-        return reconstruction_losses(step_class(neus).train(), batch, settings, torch.Generator().manual_seed(0),
-                                     torch.device("cpu"))
-
-    loss, _ = losses(cfg, Spy)
-    (views,) = seen
+    batch, views, loss = step_inputs(cfg)
     assert views.shape == batch["images"].shape and not torch.allclose(views, batch["images"])
     dark = lambda x: (x.mean(2) < 0.5).flatten(2).float()  # noqa: E731 the object's pixels
     assert (dark(views).sum(-1) > 0).all()  # each view still shows its object
@@ -286,6 +275,6 @@ def test_misaligned_views_are_the_inputs_and_the_targets_stay_put(objects_dir):
     ratio = dark(views).sum(-1) / dark(batch["images"]).sum(-1)
     assert ((ratio > 0.5) & (ratio < 2.0)).all()
     # the same step without misalignment sees the dataset's views and its loss differs
-    plain, _ = losses(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused")),
-                      ReconstructorStep)
+    plain_batch, plain_views, plain = step_inputs(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused")))
+    torch.testing.assert_close(plain_views, plain_batch["images"])
     assert not torch.isclose(loss, plain)
