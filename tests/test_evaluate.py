@@ -146,6 +146,17 @@ def test_without_neus_feeds_the_branch_no_neus_output():
     assert seen and all(s is not None for s in seen)
 
 
+# ------------------------------------------------------------------------- image metrics
+def test_image_psnr_is_capped_for_identical_views():
+    from diffusers_mv3d.evaluation.metrics import MAX_PSNR, image_psnr_ssim
+
+    views = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert image_psnr_ssim(views, views) == (MAX_PSNR, 1.0)
+    noisy = (views + 0.1).clamp(0, 1)
+    psnr, ssim = image_psnr_ssim(noisy, views)
+    assert 15.0 < psnr < 30.0 and ssim < 1.0
+
+
 # ------------------------------------------------------------------------- mesh metrics
 def test_mesh_metrics_identical_and_shifted():
     chair = generate_object("chair", 3, "red").mesh
