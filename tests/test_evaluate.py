@@ -148,7 +148,8 @@ def test_without_neus_feeds_the_branch_no_neus_output():
 
 # ------------------------------------------------------------------------- image metrics
 def test_image_psnr_is_capped_for_identical_views():
-    from diffusers_mv3d.evaluation.metrics import MAX_PSNR, image_psnr_ssim
+    from diffusers_mv3d.evaluation.consistency import MAX_PSNR
+    from diffusers_mv3d.evaluation.metrics import image_psnr_ssim
 
     views = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert image_psnr_ssim(views, views) == (MAX_PSNR, 1.0)

@@ -47,6 +47,9 @@ import torch.nn.functional as F
 from ..cameras import Cameras
 from ..threads import torch_threads
 
+MIN_MSE = 1e-10  # the mean squared error's floor: identical images score MAX_PSNR, not inf
+MAX_PSNR = -10.0 * math.log10(MIN_MSE)  # 100 dB
+
 __all__ = [
     "foreground_masks",
     "voxel_centers",
@@ -56,6 +59,8 @@ __all__ = [
     "visual_hull_iou",
     "photo_consistency",
     "reconstruction_psnr",
+    "view_psnr",
+    "MAX_PSNR",
     "VoxelField",
     "VisualHullOutput",
     "PhotoConsistencyOutput",
@@ -406,7 +411,7 @@ def photo_consistency(
     mean = (vis * c).sum(0) / count[:, None]  # [M', 3] mu(p)
     squares = (vis * (c - mean) ** 2).sum(0).mean(-1)  # [M'] sum_v mean_c (c - mu)^2
     mse = float(squares.sum() / (count - 1.0).sum())
-    psnr = 10.0 * math.log10(1.0 / max(mse, 1e-10))
+    psnr = 10.0 * math.log10(1.0 / max(mse, MIN_MSE))
     if not return_details:
         return psnr
     std = (squares / (count - 1.0)).sqrt().mean()
@@ -496,10 +501,11 @@ class ReconstructionOutput:
     renders: torch.Tensor
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-view PSNR of ``[V, ...]`` tensors in ``[0, 1]``: ``-10 log10(mean (a - b)^2)``."""
+def view_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-view PSNR of ``[V, ...]`` tensors in ``[0, 1]``: ``-10 log10(mean (a - b)^2)``, at most
+    ``MAX_PSNR``."""
     mse = (a - b).pow(2).flatten(1).mean(-1)
-    return -10.0 * torch.log10(mse.clamp(min=1e-10))
+    return -10.0 * torch.log10(mse.clamp(min=MIN_MSE))
 
 
 def reconstruction_psnr(
@@ -582,7 +588,7 @@ def reconstruction_psnr(
         # 4. Render every view; score the held-out ones.
         with torch.no_grad():
             colour, _ = field.render(origins, directions, samples_per_ray)  # [V, HW, 3]
-            per_view_all = _psnr(colour, target)
+            per_view_all = view_psnr(colour, target)
     per_view = per_view_all[held_idx]
     psnr = float(per_view.mean())
     if not return_details:

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras
-from .consistency import foreground_masks, photo_consistency, reconstruction_psnr, visual_hull_iou, voxel_centers
+from .consistency import (
+    foreground_masks,
+    photo_consistency,
+    reconstruction_psnr,
+    view_psnr,
+    visual_hull_iou,
+    voxel_centers,
+)
 from .settings import EvaluationConfig
 
 # ---------------------------------------------------------------------------------------------
@@ -90,19 +97,15 @@ def mesh_scores(mesh, target_mesh, chamfer_points: int = 10000, iou_resolution: 
     return chamfer, volume_iou(mesh, target_mesh, iou_resolution)
 
 
-MAX_PSNR = 100.0  # dB: identical views (a symmetric object's copied reference) score this, not inf
-
-
 def image_psnr_ssim(prediction: torch.Tensor, target: torch.Tensor) -> Tuple[float, float]:
-    """Mean over views of PSNR (capped at ``MAX_PSNR``) and SSIM (skimage, data range 1) of
-    ``[V, 3, H, W]`` images in ``[0, 1]``."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    """Mean over views of PSNR (:func:`.consistency.view_psnr`: at most ``MAX_PSNR``, as identical views
+    of a symmetric object score) and SSIM (skimage, data range 1) of ``[V, 3, H, W]`` images in ``[0, 1]``."""
+    from skimage.metrics import structural_similarity
 
-    psnrs, ssims = [], []
-    for p, t in zip(prediction.permute(0, 2, 3, 1).double().numpy(), target.permute(0, 2, 3, 1).double().numpy()):
-        side = min(t.shape[:2])
-        window = min(7, side if side % 2 else side - 1)
-        with np.errstate(divide="ignore"):
-            psnrs.append(min(peak_signal_noise_ratio(t, p.clip(0, 1), data_range=1.0), MAX_PSNR))
-        ssims.append(structural_similarity(t, p.clip(0, 1), data_range=1.0, channel_axis=-1, win_size=window))
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+    prediction = prediction.double().clamp(0, 1)
+    target = target.double()
+    side = min(target.shape[-2:])
+    window = min(7, side if side % 2 else side - 1)
+    ssims = [structural_similarity(t, p, data_range=1.0, channel_axis=-1, win_size=window)
+             for p, t in zip(prediction.permute(0, 2, 3, 1).numpy(), target.permute(0, 2, 3, 1).numpy())]
+    return float(view_psnr(prediction, target).mean()), float(np.mean(ssims))
