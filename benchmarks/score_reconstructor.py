@@ -14,7 +14,8 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
   unrelated shape of the same world scores).
 
 Meshes: marching cubes of the SDF's zero level (``--mesh-level``) at 64^3 (``--mesh-resolution``),
-volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
+carved to the input views' silhouettes as the pipeline carves them (``--no-mesh-carving``: the SDF as
+it is), volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
 reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-reconstructor``'s
 ``model/``).
 
@@ -31,6 +32,7 @@ import torch
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier, caption_images
+from diffusers_mv3d.evaluation.consistency import foreground_masks
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.evaluation.variants import render_object
@@ -51,12 +53,13 @@ def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator)
 
 @torch.no_grad()
 def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
-                          cfg: EvaluationConfig, level: float = 0.0) -> Dict[str, float]:
-    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set) and score it
-    against ``target_mesh``."""
+                          cfg: EvaluationConfig, level: float = 0.0, carving: bool = True) -> Dict[str, float]:
+    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set, carved to the
+    views' silhouettes when ``carving``) and score it against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
+    masks = foreground_masks(views * 2 - 1, background="border") if carving else None
     try:
-        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level)
+        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level, masks=masks, cameras=cameras)
     except ValueError:  # no surface
         mesh = None
     chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes grid side (default: the evaluation's, 64)")
     parser.add_argument("--mesh-level", type=float, default=0.0, help="SDF value meshed (default 0)")
+    parser.add_argument("--mesh-carving", action=argparse.BooleanOptionalAction, default=True,
+                        help="carve the SDF to the input views' silhouettes, as the pipeline does (default: yes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -138,7 +143,7 @@ def main() -> None:
     rows: List[str] = []
     for name, model in models.items():
         for source in [s for s in INPUTS if s in inputs]:
-            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level)
+            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, args.mesh_carving)
                       for views, obj in zip(inputs[source], objects)]
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
@@ -146,7 +151,8 @@ def main() -> None:
             rows.append(f"| {name} | {source} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
     print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px, "
-          f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}\n")
+          f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}, "
+          f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
     print("| reconstructor | input views | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|")
     print("\n".join(rows))
 

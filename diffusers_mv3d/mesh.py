@@ -6,7 +6,9 @@ per-object optimisation. Here that is three small steps, each usable on its own:
 1. :func:`mesh_from_neus`: the zero level set of a :class:`LatentSparseNeuS` SDF, given a context
    encoded from the final (clean, ``t = 0``) views, by marching cubes on
    :meth:`LatentSparseNeuS.sdf_grid`. The pipeline passes its ``neus`` or its optional
-   ``reconstructor`` (a LatentSparseNeuS trained on clean views at full resolution).
+   ``reconstructor`` (a LatentSparseNeuS trained on clean views at full resolution), and the views'
+   foreground masks: :func:`carve_to_silhouettes` empties what falls outside a view's silhouette
+   before meshing (the feed-forward SDF alone meshes shapes fatter than the object).
 2. :func:`color_vertices`: vertex colours taken from the final views. Every vertex is projected into
    every view; a view counts for a vertex only when the vertex is not hidden from it (a ray cast from
    the camera centre towards the vertex must not hit the mesh before it); colours are bilinearly
@@ -35,16 +37,23 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply")
 AMBIENT = 0.4  # turntable shade = AMBIENT + (1 - AMBIENT) * max(0, n . l)
 LIGHT_CAMERA = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])  # towards the light, camera axes
 DEFAULT_GREY = np.array([0.7, 0.7, 0.7])  # surface colour of a mesh without vertex colours
+CARVE_DEPTH = 0.1  # carve_to_silhouettes: twice the carved SDF's value outside a silhouette (world units)
 
 ImagesLike = Union[Sequence[PIL.Image.Image], torch.Tensor, np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------- 1. SDF -> mesh
 def mesh_from_neus(
-    neus: LatentSparseNeuS, context: NeuSContext, resolution: int = 64, object_index: int = 0, level: float = 0.0
+    neus: LatentSparseNeuS,
+    context: NeuSContext,
+    resolution: int = 64,
+    object_index: int = 0,
+    level: float = 0.0,
+    masks: Optional[torch.Tensor] = None,
+    cameras: Optional[Cameras] = None,
 ) -> trimesh.Trimesh:
     """Marching cubes on a level set of one object's SDF, the zero one by default (world coordinates,
-    outward faces).
+    outward faces), carved to the views' silhouettes when ``masks`` are given.
 
     Args:
         neus: the pipeline's ``neus`` or ``reconstructor``.
@@ -52,9 +61,14 @@ def mesh_from_neus(
         resolution: grid side R; the SDF MLP runs on R^3 points (the cost: ~8x a doubling).
         object_index: which of the context's B objects to mesh.
         level: the SDF value meshed (0: the surface the NeuS renders; below 0 shrinks it).
+        masks: ``[V, H, W]`` foreground masks (bool, or floats in [0, 1]) of this object's views, for
+            :func:`carve_to_silhouettes`; ``None`` meshes the SDF as it is.
+        cameras: the masks' cameras, batch shape ``[V]`` (default: the context's, when their size
+            matches the masks').
 
     Raises:
-        ValueError: when ``object_index`` is out of range, or the SDF has no surface in the bounds.
+        ValueError: when ``object_index`` is out of range, the masks do not match the cameras, or the
+            SDF has no surface in the bounds.
     """
     batch = context.features.shape[0]
     if not 0 <= object_index < batch:
@@ -63,13 +77,57 @@ def mesh_from_neus(
         raise ValueError(f"resolution must be >= 2, got {resolution}")
     from skimage.measure import marching_cubes
 
-    sdf = neus.sdf_grid(context, resolution, object_index).float().cpu().numpy()  # R R R, x y z order
+    sdf = neus.sdf_grid(context, resolution, object_index).float().cpu()  # R R R, x y z order
+    if masks is not None:
+        if cameras is None:
+            cameras = context.cameras[object_index]  # [V]
+        sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks.cpu(), cameras.to(device="cpu", dtype=sdf.dtype))
+    sdf = sdf.numpy()
     if not (sdf.min() < level < sdf.max()):
         raise ValueError(f"the SDF does not cross {level} inside the bounds: no surface to mesh")
     vertices, faces, _, _ = marching_cubes(sdf, level=level)  # grid indices
     bound = neus.config.bound_radius
     vertices = vertices / (resolution - 1) * 2 * bound - bound  # grid -> world cube [-bound, bound]^3
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+
+
+def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, cameras: Cameras,
+                         depth: float = CARVE_DEPTH) -> torch.Tensor:
+    """Space carving of an SDF grid: what a view sees as background is outside the object.
+
+    ``sdf [R, R, R]`` samples the cube ``[-bound, bound]^3`` as :meth:`LatentSparseNeuS.sdf_grid` does
+    (corners included). With ``m_v(x)`` the mask of view ``v`` sampled bilinearly at the projection
+    of grid point ``x`` (0 beyond the image)::
+
+        sdf'(x) = max(sdf(x), max_v depth * (1/2 - m_v(x)))
+
+    so a point outside any silhouette (``m_v < 1/2``) is outside the surface, and inside every
+    silhouette the surface stays the SDF's: the mesh's silhouettes never exceed the masks' (the
+    visual hull bounds the object), and the zero crossing follows the masks' edges with sub-pixel
+    interpolation. Feed-forward SDFs of few low-resolution views err outwards, into space some view
+    saw empty; this removes that part.
+
+    Args:
+        sdf: the grid to carve (not modified).
+        bound: the cube's half side (the NeuS's ``bound_radius``).
+        masks: ``[V, H, W]`` foreground masks, bool or floats in [0, 1].
+        cameras: their cameras, batch shape ``[V]`` (any image size: masks are resized to it).
+        depth: the carved SDF's value far outside a silhouette is ``depth / 2``.
+    """
+    if masks.dim() != 3 or masks.shape[0] != len(cameras):
+        raise ValueError(f"masks must be [V, H, W] with V = {len(cameras)} (the cameras), got {tuple(masks.shape)}")
+    resolution = sdf.shape[0]
+    masks = masks.float()[:, None]
+    if masks.shape[-2:] != (cameras.height, cameras.width):
+        masks = F.interpolate(masks, size=(cameras.height, cameras.width), mode="area")
+    axis = torch.linspace(-bound, bound, resolution)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    uv, _ = cameras.project(points.to(cameras.world_to_camera).expand(len(cameras), -1, -1))  # [V, N, 2]
+    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype)
+    grid = (2.0 * uv / size - 1.0)[:, :, None]  # [V, N, 1, 2], pixel centres as in _sample_views
+    inside = F.grid_sample(masks.to(uv.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    carved = (depth * (0.5 - inside[:, 0, :, 0])).amax(dim=0).reshape(sdf.shape)  # [R, R, R]
+    return torch.maximum(sdf, carved.to(sdf.dtype))
 
 
 # ---------------------------------------------------------------------------------------- 2. colours

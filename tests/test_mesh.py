@@ -9,6 +9,7 @@ import trimesh
 
 from diffusers_mv3d.cameras import Cameras, default_cameras
 from diffusers_mv3d.mesh import (
+    carve_to_silhouettes,
     color_vertices,
     export_mesh,
     images_to_array,
@@ -203,3 +204,50 @@ def test_turntable_of_an_uncoloured_mesh_is_grey(sphere):
     (frame,) = turntable_frames(sphere, num_frames=1, resolution=16)
     centre = np.asarray(frame)[8, 8].astype(int)
     assert 60 < centre[0] < 255 and centre[0] == centre[1] == centre[2]
+
+
+def sphere_masks(cameras, radius):
+    """``[V, H, W]`` bool: the pixels whose ray through the centre passes within ``radius`` of the origin."""
+    origins, directions = cameras.rays()  # [V, H*W, 3]
+    along = -(origins * directions).sum(-1, keepdim=True)
+    miss = (origins + along * directions).norm(dim=-1)
+    return (miss < radius).reshape(len(cameras), cameras.height, cameras.width)
+
+
+def test_carving_to_full_masks_keeps_the_sdf():
+    cameras = default_cameras(8, resolution=16)
+    sdf = torch.linspace(-1, 1, 8 ** 3).reshape(8, 8, 8)
+    carved = carve_to_silhouettes(sdf, 0.6, torch.ones(8, 16, 16), cameras)  # the cube [-0.6, 0.6]^3 is in view
+    outside = sdf >= 0  # wherever the SDF is non-negative nothing changes; inside it stays negative
+    torch.testing.assert_close(carved[outside], sdf[outside])
+    assert (carved[~outside] < 0).all()
+
+
+def test_carving_keeps_the_mesh_inside_every_silhouette():
+    neus, context = sphere_neus(radius=0.5)
+    cameras = default_cameras(8, resolution=32)
+    masks = sphere_masks(cameras, 0.3)
+    carved = mesh_from_neus(neus, context, resolution=48, masks=masks, cameras=cameras)
+    # the vertices project inside every view's disc (radius 0.3, plus a pixel of interpolation) ...
+    uv, _ = cameras.project(torch.from_numpy(carved.vertices).float().expand(8, -1, -1))
+    centre, _ = cameras.project(torch.zeros(8, 1, 3))
+    focal, distance = cameras.intrinsics[0, 0, 0], cameras.centers[0].norm()
+    disc = focal * 0.3 / (distance ** 2 - 0.3 ** 2) ** 0.5
+    assert ((uv - centre).norm(dim=-1) <= disc + 1.0).all()
+    # ... so the sphere of radius 0.5 is cut down to the hull of the discs, which reaches them at the equator
+    radii = np.linalg.norm(carved.vertices, axis=-1)
+    equator = np.abs(carved.vertices[:, 2]) < 0.05
+    assert radii.max() < 0.36 and radii[equator].min() > 0.27
+
+
+def test_carving_everything_away_leaves_no_surface():
+    neus, context = sphere_neus()
+    cameras = default_cameras(4, resolution=16)
+    with pytest.raises(ValueError, match="no surface"):
+        mesh_from_neus(neus, context, resolution=16, masks=torch.zeros(4, 16, 16), cameras=cameras)
+
+
+def test_carving_checks_the_masks_against_the_cameras():
+    cameras = default_cameras(4, resolution=16)
+    with pytest.raises(ValueError, match="masks must be"):
+        carve_to_silhouettes(torch.zeros(8, 8, 8), 1.0, torch.ones(3, 16, 16), cameras)

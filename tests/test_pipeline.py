@@ -330,6 +330,27 @@ def test_mesh_of_an_sdf_sphere_is_coloured_and_exports_to_glb(tmp_path):
     assert len(loaded.vertices) == len(out.mesh.vertices)
 
 
+def test_meshes_are_carved_to_the_views_silhouettes():
+    """A NeuS that says "sphere of radius 0.5" meets views of a grey disc of radius 0.3 on white: the mesh
+    keeps to the discs (mesh_carving, the default), or is the sphere without carving."""
+
+    class Sphere(torch.nn.Module):
+        def forward(self, points, features, directions, temb):
+            return points.norm(dim=-1) - 0.5, torch.zeros(*points.shape[:-1], 3)
+
+    pipe = tiny_pipeline()
+    pipe.neus.field = Sphere()
+    cameras = default_cameras(4, pipe.image_size)
+    origins, directions = cameras.rays()  # [V, H*W, 3]: the disc is where a ray passes within 0.3 of the origin
+    miss = (origins - (origins * directions).sum(-1, keepdim=True) * directions).norm(dim=-1)
+    disc = (miss < 0.3).reshape(4, 1, pipe.image_size, pipe.image_size)
+    views = torch.where(disc, 0.3, 1.0).expand(-1, 3, -1, -1)
+    carved = np.linalg.norm(pipe.reconstruct_mesh(views, mesh_resolution=24).vertices, axis=1)
+    plain = np.linalg.norm(pipe.reconstruct_mesh(views, mesh_resolution=24, mesh_carving=False).vertices, axis=1)
+    assert carved.max() < 0.38 and carved.max() > 0.25
+    assert np.allclose(plain, 0.5, atol=0.05)
+
+
 def test_reconstruct_mesh_of_given_views_equals_the_mesh_of_return_mesh():
     """reconstruct_mesh (§3.5 on views a user has) meshes the generated views as return_mesh does."""
     pipe = tiny_pipeline()

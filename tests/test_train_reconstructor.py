@@ -82,6 +82,8 @@ def straight_run(objects_dir):
         ("tinted_background_share", 1.5, "--tinted-background-share"),
         ("misaligned_view_share", -0.1, "--misaligned-view-share"),
         ("misalignment_pixels", -1.0, "--misalignment-pixels"),
+        ("generated_view_share", 1.5, "--generated-view-share"),
+        ("generated_view_share", 0.5, "--generated-view-share"),  # without generated_views_dir
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -216,7 +218,8 @@ def step_inputs(cfg: ReconstructorTrainConfig):
     """One training step on the first two objects: ``(batch, the views the step module was given, loss)``."""
     from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview
 
-    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    dataset = MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution,
+                               generated_views_dir=cfg.generated_views_dir)
     batch = collate_multiview([dataset[0], dataset[1]])
     seen = []
 
@@ -278,3 +281,48 @@ def test_misaligned_views_are_the_inputs_and_the_targets_stay_put(objects_dir):
     plain_batch, plain_views, plain = step_inputs(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused")))
     torch.testing.assert_close(plain_views, plain_batch["images"])
     assert not torch.isclose(loss, plain)
+
+
+def write_generated_views(objects_dir: Path, out: Path, count: int) -> list:
+    """Generated versions of the fixed input views of the first ``count`` objects, as
+    scripts/generate_reconstructor_inputs.py writes them: view v of object i a flat grey 10 * (i + 1) + v."""
+    from PIL import Image
+
+    from diffusers_mv3d.data.format import open_object, view_name
+
+    greys = []
+    for i, path in enumerate(sorted(p for p in objects_dir.iterdir() if p.is_dir())[:count]):
+        folder = open_object(str(path))
+        (out / path.name).mkdir(parents=True)
+        size = (folder.cameras.width, folder.cameras.height)
+        for v in range(folder.num_input_views):
+            Image.new("RGB", size, (10 * (i + 1) + v,) * 3).save(out / path.name / f"{view_name(v)}.png")
+        greys.append([10 * (i + 1) + v for v in range(folder.num_input_views)])
+    return greys
+
+
+def test_generated_views_are_the_inputs_and_the_targets_stay_the_renders(objects_dir, tmp_path):
+    from diffusers_mv3d.data.dataset import MultiViewDataset
+
+    greys = write_generated_views(objects_dir, tmp_path / "generated", 2)
+    cfg = ReconstructorTrainConfig(**tiny_settings(objects_dir, tmp_path / "unused", generated_views_dir=str(tmp_path / "generated"),
+                                                  generated_view_share=1.0))
+    assert len(MultiViewDataset(cfg.data_dir, generated_views_dir=cfg.generated_views_dir)) == 2  # only the objects it holds
+    batch, views, loss = step_inputs(cfg)
+    # the inputs are the generated views of the input views (evenly spaced: 4 of the 8 fixed ones) ...
+    expected = torch.tensor([[greys[i][v] for v in (0, 2, 4, 6)] for i in range(2)]) / 255 * 2 - 1
+    torch.testing.assert_close(views, expected[:, :, None, None, None].expand_as(views))
+    # ... while the batch's renders, the targets, are the objects' own views
+    assert (batch["images"] > 0.99).any() and not torch.allclose(batch["images"], views)
+    plain_batch, plain_views, plain = step_inputs(ReconstructorTrainConfig(**tiny_settings(
+        objects_dir, tmp_path / "unused", generated_views_dir=str(tmp_path / "generated"))))
+    torch.testing.assert_close(plain_views, plain_batch["images"])  # share 0: the renders are the inputs
+    assert not torch.isclose(loss, plain)
+
+
+def test_a_generated_views_folder_without_the_objects_is_refused(objects_dir, tmp_path):
+    from diffusers_mv3d.data.dataset import MultiViewDataset
+
+    (tmp_path / "generated" / "another-object").mkdir(parents=True)
+    with pytest.raises(ValueError, match="generated_views_dir holds no folder"):
+        MultiViewDataset(str(objects_dir), generated_views_dir=str(tmp_path / "generated"))

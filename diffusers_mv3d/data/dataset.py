@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cameras import Cameras
-from .format import ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras
+from .format import ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras, view_name
 
 
 def _to_tensors(rgba: np.ndarray, resolution: Optional[int]):
@@ -81,11 +81,16 @@ class MultiViewDataset(_SkippingDataset):
             warning naming the file.
         zero123_fov: vertical field of view in degrees of zero123 renders (their npy holds no
             intrinsics; zero123's Objaverse renders use 49.1 degrees).
+        generated_views_dir: a folder of generated versions of the input views,
+            ``generated_views_dir/<object id>/NNN.png`` (RGB, ``NNN`` the view's index in the object
+            folder; ``scripts/generate_reconstructor_inputs.py`` writes them); only the objects it
+            holds are served, each with ``generated_images`` beside its renders.
 
     Items are dicts: ``images`` ``[V_in, 3, H, W]`` in [-1, 1] (RGB over white), ``masks``
     ``[V_in, 1, H, W]`` 0/1, ``cameras`` Cameras ``[V_in]`` (for ``H x W``), ``supervision_images``
     ``[V_sup, 3, H, W]``, ``supervision_masks`` ``[V_sup, 1, H, W]``, ``supervision_cameras`` Cameras
-    ``[V_sup]``, ``caption`` str, ``object_id`` str (the folder name).
+    ``[V_sup]``, ``caption`` str, ``object_id`` str (the folder name); with ``generated_views_dir``
+    also ``generated_images`` ``[V_in, 3, H, W]`` in [-1, 1].
     """
 
     entry_kind = "object"
@@ -102,6 +107,7 @@ class MultiViewDataset(_SkippingDataset):
         resolution: Optional[int] = None,
         skip_invalid: bool = False,
         zero123_fov: float = ZERO123_FOV,
+        generated_views_dir: Optional[str] = None,
     ):
         if num_input_views < 1:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
@@ -127,6 +133,11 @@ class MultiViewDataset(_SkippingDataset):
             self.objects.append(folder)
         if not self.objects:
             raise ValueError(f"root holds no valid object folders: {root}")
+        self.generated_views_dir = generated_views_dir
+        if generated_views_dir is not None:
+            self.objects = [o for o in self.objects if os.path.isdir(self._generated_folder(o))]
+            if not self.objects:
+                raise ValueError(f"generated_views_dir holds no folder named like an object of {root}: {generated_views_dir}")
 
     def _view_indices(self, folder: ObjectFolder):
         """(input view indices, supervision view indices) of ``folder``, checked against its view count."""
@@ -151,6 +162,24 @@ class MultiViewDataset(_SkippingDataset):
             cameras = Cameras(folder.cameras.world_to_camera[index], folder.cameras.intrinsics[index], height, width)
         return cameras if self.resolution is None else cameras.rescale(self.resolution, self.resolution)
 
+    def _generated_folder(self, folder: ObjectFolder) -> str:
+        return os.path.join(self.generated_views_dir, os.path.basename(folder.path))
+
+    def _read_generated(self, folder: ObjectFolder, views: Sequence[int], size: tuple) -> torch.Tensor:
+        """The generated versions ``[V, 3, H, W]`` in [-1, 1] of ``views`` (opaque RGB: they carry no mask)."""
+        rgba = []
+        for view in views:
+            path = os.path.join(self._generated_folder(folder), f"{view_name(view)}.png")
+            try:
+                with Image.open(path) as image:
+                    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            except (OSError, ValueError, SyntaxError) as error:
+                raise ObjectFolderError(path, f"cannot read the generated view ({error})") from error
+            if rgb.shape[:2] != tuple(size):
+                raise ObjectFolderError(path, f"is {rgb.shape[0]} x {rgb.shape[1]}, expected {size[0]} x {size[1]}")
+            rgba.append(np.concatenate([rgb, np.ones_like(rgb[..., :1])], -1))
+        return _to_tensors(np.stack(rgba), self.resolution)[0]
+
     def _load(self, folder: ObjectFolder) -> Dict:
         """Decode and check one object's views."""
         inputs, supervision = self._view_indices(folder)
@@ -161,7 +190,7 @@ class MultiViewDataset(_SkippingDataset):
         rgba = np.stack([first] + [read_rgba(path, size) for path in paths[1:]])
         images, masks = _to_tensors(rgba, self.resolution)
         n = len(inputs)
-        return {
+        item = {
             "images": images[:n],
             "masks": masks[:n],
             "cameras": self._cameras(folder, inputs, *size),
@@ -171,6 +200,9 @@ class MultiViewDataset(_SkippingDataset):
             "caption": folder.caption,
             "object_id": os.path.basename(folder.path),
         }
+        if self.generated_views_dir is not None:
+            item["generated_images"] = self._read_generated(folder, inputs, size)
+        return item
 
 
 def collate_multiview(items: Sequence[Dict]) -> Dict:
@@ -179,8 +211,9 @@ def collate_multiview(items: Sequence[Dict]) -> Dict:
     if not items:
         raise ValueError("items must not be empty")
     batch = {}
-    for key in ("images", "masks", "supervision_images", "supervision_masks"):
-        batch[key] = torch.stack([item[key] for item in items])
+    for key in ("images", "masks", "supervision_images", "supervision_masks", "generated_images"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
     for key in ("cameras", "supervision_cameras"):
         cameras = [item[key] for item in items]
         if len({(c.height, c.width) for c in cameras}) != 1:

@@ -92,7 +92,8 @@ def markdown_report(results: Dict[str, Any], command: str) -> str:
             f"| another object's renders meshed (negative control) | - | - | {_fmt(mean.get('control_chamfer_l1'), 4)} | "
             f"{_fmt(mean.get('control_volume_iou'), 3)} | - |",
             "",
-            f"Meshes: marching cubes at {cfg['mesh_resolution']}^3; Chamfer-L1 on {cfg['chamfer_points']} surface "
+            f"Meshes: marching cubes at {cfg['mesh_resolution']}^3 of the SDF carved to the views' silhouettes "
+            f"(the pipeline's meshing); Chamfer-L1 on {cfg['chamfer_points']} surface "
             f"samples a mesh (world units, the object fits a sphere of radius 0.9); volume IoU at "
             f"{cfg['mesh_iou_resolution']}^3 in [-1, 1]^3; {i2mv['meshes_failed']} of {len(i2mv['objects'])} meshes failed "
             "(no surface). Ground truth: the same object's renders at the same cameras meshed by the same "

@@ -350,6 +350,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_mesh: bool = False,
         mesh_resolution: int = 64,
+        mesh_carving: bool = True,
         cross_attention_kwargs: Optional[Dict[str, Any]] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -388,6 +389,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
             generator, latents: the initial noise ``[B, V, C, h, w]`` comes from ``latents`` or ``generator``.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_mesh, mesh_resolution: reconstruct a vertex-coloured mesh (§3.5) at this grid size.
+            mesh_carving: carve the mesh's SDF to the views' silhouettes
+                (:func:`~diffusers_mv3d.mesh.carve_to_silhouettes`); ``False`` meshes the SDF as it is.
             cross_attention_kwargs: passed to the attention processors of the branch and the UNet.
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs) -> dict`` as in diffusers.
             num_images_per_prompt: objects per prompt.
@@ -512,7 +515,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
         latents = unfold_views(folded, num_views)
 
         # 8. Decode, mesh, post-process
-        mesh = self._reconstruct_meshes(latents, image_cameras, mesh_resolution) if return_mesh else None
+        mesh = self._reconstruct_meshes(latents, image_cameras, mesh_resolution, mesh_carving) if return_mesh else None
         images = self._postprocess(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -558,7 +561,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
             hook.pre_forward(module)
 
     @torch.no_grad()
-    def reconstruct_mesh(self, images, cameras: Optional[Cameras] = None, mesh_resolution: int = 64):
+    def reconstruct_mesh(self, images, cameras: Optional[Cameras] = None, mesh_resolution: int = 64,
+                         mesh_carving: bool = True):
         """§3.5 on views you already have: the vertex-coloured mesh of ``images`` (as ``return_mesh=True``
         makes of generated views).
 
@@ -567,6 +571,7 @@ class TuneMV3DPipeline(DiffusionPipeline):
                 tensor ``[V, 3, H, W]`` in [0, 1]; at this pipeline's ``image_size``.
             cameras: their cameras, batch shape ``[V]`` (default: :func:`default_cameras` of ``V`` views).
             mesh_resolution: marching-cubes grid side.
+            mesh_carving: carve to the views' silhouettes (as in ``__call__``).
         """
         views = torch.stack([self.preprocess_image(image, f"images[{i}]") for i, image in enumerate(images)])
         cameras = cameras or default_cameras(len(views), self.image_size)
@@ -575,11 +580,13 @@ class TuneMV3DPipeline(DiffusionPipeline):
                              f"got {tuple(cameras.batch_shape)}")
         cameras = cameras.rescale(self.image_size, self.image_size)
         latents = self.encode_views(views.to(self._execution_device))[None]
-        return self._reconstruct_meshes(latents, cameras, mesh_resolution)
+        return self._reconstruct_meshes(latents, cameras, mesh_resolution, mesh_carving)
 
-    def _reconstruct_meshes(self, latents: torch.Tensor, cameras: Cameras, resolution: int):
-        """§3.5: SDF of the final views (reconstructor on pixels, else the branch's NeuS at t = 0)
+    def _reconstruct_meshes(self, latents: torch.Tensor, cameras: Cameras, resolution: int, carving: bool = True):
+        """§3.5: SDF of the final views (reconstructor on pixels, else the branch's NeuS at t = 0),
+        carved to the views' silhouettes (foreground against each view's border colour) when ``carving``
         -> marching cubes -> vertex colours from the views."""
+        from ..evaluation.consistency import foreground_masks
         from ..mesh import color_vertices, mesh_from_neus
 
         images = self._views_in_unit_range(latents)  # [B*V, 3, H, W] in [0, 1]
@@ -594,6 +601,8 @@ class TuneMV3DPipeline(DiffusionPipeline):
         context = model.encode(views.to(model.dtype), 0, model_cameras.to(device=views.device, dtype=model.dtype))
         meshes = []
         for b in range(batch):
-            mesh = mesh_from_neus(model, context, resolution=resolution, object_index=b)
-            meshes.append(color_vertices(mesh, images[b * num_views : (b + 1) * num_views].cpu(), cameras))
+            object_images = images[b * num_views : (b + 1) * num_views].float().cpu()
+            masks = foreground_masks(object_images * 2 - 1, background="border") if carving else None
+            mesh = mesh_from_neus(model, context, resolution=resolution, object_index=b, masks=masks, cameras=cameras)
+            meshes.append(color_vertices(mesh, object_images, cameras))
         return meshes[0] if batch == 1 else meshes

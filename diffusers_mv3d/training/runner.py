@@ -141,7 +141,8 @@ def load_multiview_dataset(cfg):
     if not os.path.isdir(cfg.data_dir):
         raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
                          "`diffusers-mv3d render --split objects3d --out DIR`)")
-    return MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution)
+    return MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution,
+                            generated_views_dir=getattr(cfg, "generated_views_dir", None))
 
 
 def start_multiview_run(cfg) -> Tuple[object, Path, object, Optional[Path]]:

@@ -94,6 +94,10 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     """Fraction of objects whose input views are each shifted and scaled by a random amount (up to misalignment_pixels) while the targets stay put, so the reconstructor learns to mesh views that disagree a little, as generated views do. 0: aligned views only."""
     misalignment_pixels: float = 1.5
     """Largest shift of a misaligned view in pixels (and largest change of its scale, as the same number of pixels at the view's edge)."""
+    generated_views_dir: Optional[str] = None
+    """A folder of image-to-multiview views of training objects (scripts/generate_reconstructor_inputs.py writes it): the run trains on the objects it holds, and generated_view_share of them a step see the generated views as input while the targets stay the renders."""
+    generated_view_share: float = 0.0
+    """Fraction of objects whose input views are their generated versions (needs generated_views_dir), so the reconstructor meshes the object the views show, not their disagreements. 0: renders only."""
     init_from: Optional[str] = None
     """Start a fresh run from the reconstructor/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new one; its config must match these settings; optimizer and schedule start anew. Ignored when resuming."""
 
@@ -106,6 +110,9 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
         self.check(0.0 <= self.tinted_background_share <= 1.0, "tinted_background_share", "must be in [0, 1]")
         self.check(0.0 <= self.misaligned_view_share <= 1.0, "misaligned_view_share", "must be in [0, 1]")
         self.check(self.misalignment_pixels >= 0, "misalignment_pixels", "must be >= 0")
+        self.check(0.0 <= self.generated_view_share <= 1.0, "generated_view_share", "must be in [0, 1]")
+        self.check(self.generated_view_share == 0 or bool(self.generated_views_dir), "generated_view_share",
+                   "needs generated_views_dir (the generated views to use)")
         self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a folder")
 
 
@@ -187,6 +194,9 @@ def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfi
         offsets = (torch.rand(b, images.shape[1], 2, generator=generator) * 2 - 1) * cfg.misalignment_pixels
         scales = 1 + (torch.rand(b, images.shape[1], generator=generator) * 2 - 1) * cfg.misalignment_pixels / (width / 2)
         images = misaligned(images, offsets.to(device), scales.to(device), chosen.to(device))
+    if cfg.generated_view_share > 0:  # drawn last, for the same reason; in place of the (changed) renders
+        chosen = (torch.rand(b, generator=generator) < cfg.generated_view_share).to(device)
+        images = torch.where(chosen[:, None, None, None, None], batch["generated_images"].to(device), images)
 
     out = step_module(images, cameras, query, pixel_indices.to(device),
                       points.to(device) if cfg.eikonal_weight > 0 else None)
