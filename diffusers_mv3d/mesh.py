@@ -37,7 +37,8 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply")
 AMBIENT = 0.4  # turntable shade = AMBIENT + (1 - AMBIENT) * max(0, n . l)
 LIGHT_CAMERA = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])  # towards the light, camera axes
 DEFAULT_GREY = np.array([0.7, 0.7, 0.7])  # surface colour of a mesh without vertex colours
-CARVE_DEPTH = 0.1  # carve_to_silhouettes: twice the carved SDF's value outside a silhouette (world units)
+CARVE_DEPTH = 0.1  # carve_to_silhouettes: the carved SDF rises by this much (world units) from mask 1 to 0
+CARVE_CONTOUR = 0.9  # carve_to_silhouettes: the interpolated mask value the carved surface follows
 
 ImagesLike = Union[Sequence[PIL.Image.Image], torch.Tensor, np.ndarray]
 
@@ -92,28 +93,37 @@ def mesh_from_neus(
 
 
 def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, cameras: Cameras,
-                         depth: float = CARVE_DEPTH) -> torch.Tensor:
+                         depth: float = CARVE_DEPTH, contour: float = CARVE_CONTOUR) -> torch.Tensor:
     """Space carving of an SDF grid: what a view sees as background is outside the object.
 
     ``sdf [R, R, R]`` samples the cube ``[-bound, bound]^3`` as :meth:`LatentSparseNeuS.sdf_grid` does
     (corners included). With ``m_v(x)`` the mask of view ``v`` sampled bilinearly at the projection
     of grid point ``x`` (0 beyond the image)::
 
-        sdf'(x) = max(sdf(x), max_v depth * (1/2 - m_v(x)))
+        sdf'(x) = max(sdf(x), max_v depth * (contour - m_v(x)))
 
-    so a point outside any silhouette (``m_v < 1/2``) is outside the surface, and inside every
+    so a point outside any silhouette (``m_v < contour``) is outside the surface, and inside every
     silhouette the surface stays the SDF's: the mesh's silhouettes never exceed the masks' (the
     visual hull bounds the object), and the zero crossing follows the masks' edges with sub-pixel
     interpolation. Feed-forward SDFs of few low-resolution views err outwards, into space some view
     saw empty; this removes that part.
+
+    ``contour`` places the edge between a foreground pixel's centre (1) and a background one's (0).
+    The pipeline's masks are coverage masks (a pixel the object covers even partly is foreground,
+    :func:`~diffusers_mv3d.evaluation.consistency.foreground_masks`), so the object's true edge lies
+    inside the outermost foreground pixels, about half a pixel inside the midway contour 1/2; the
+    default 0.9 follows it (measured on unseen objects, docs/results.md "Silhouette carving").
 
     Args:
         sdf: the grid to carve (not modified).
         bound: the cube's half side (the NeuS's ``bound_radius``).
         masks: ``[V, H, W]`` foreground masks, bool or floats in [0, 1].
         cameras: their cameras, batch shape ``[V]`` (any image size: masks are resized to it).
-        depth: the carved SDF's value far outside a silhouette is ``depth / 2``.
+        depth: the carved SDF's slope in mask units; far outside a silhouette it is ``depth * contour``.
+        contour: the mask value, in (0, 1), the carved surface follows.
     """
+    if not 0.0 < contour < 1.0:
+        raise ValueError(f"contour must be in (0, 1), got {contour}")
     if masks.dim() != 3 or masks.shape[0] != len(cameras):
         raise ValueError(f"masks must be [V, H, W] with V = {len(cameras)} (the cameras), got {tuple(masks.shape)}")
     resolution = sdf.shape[0]
@@ -126,7 +136,7 @@ def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, c
     size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype)
     grid = (2.0 * uv / size - 1.0)[:, :, None]  # [V, N, 1, 2], pixel centres as in _sample_views
     inside = F.grid_sample(masks.to(uv.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    carved = (depth * (0.5 - inside[:, 0, :, 0])).amax(dim=0).reshape(sdf.shape)  # [R, R, R]
+    carved = (depth * (contour - inside[:, 0, :, 0])).amax(dim=0).reshape(sdf.shape)  # [R, R, R]
     return torch.maximum(sdf, carved.to(sdf.dtype))
 
 

@@ -5,10 +5,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import torch.nn.functional as F
 import trimesh
 
 from diffusers_mv3d.cameras import Cameras, default_cameras
 from diffusers_mv3d.mesh import (
+    CARVE_CONTOUR,
     carve_to_silhouettes,
     color_vertices,
     export_mesh,
@@ -214,10 +216,17 @@ def sphere_masks(cameras, radius):
     return (miss < radius).reshape(len(cameras), cameras.height, cameras.width)
 
 
+def sphere_coverage_masks(num_views, resolution, radius, supersampling=8):
+    """``[V, H, W]`` bool coverage masks of a sphere, as ``foreground_masks`` makes them of anti-aliased
+    views: a pixel is foreground when the sphere covers any part of it (any of its sub-pixels)."""
+    fine = sphere_masks(default_cameras(num_views, resolution=resolution * supersampling), radius)
+    return F.max_pool2d(fine[:, None].float(), supersampling)[:, 0].bool()
+
+
 def test_carving_to_full_masks_keeps_the_sdf():
     cameras = default_cameras(8, resolution=16)
     sdf = torch.linspace(-1, 1, 8 ** 3).reshape(8, 8, 8)
-    carved = carve_to_silhouettes(sdf, 0.6, torch.ones(8, 16, 16), cameras)  # the cube [-0.6, 0.6]^3 is in view
+    carved = carve_to_silhouettes(sdf, 0.5, torch.ones(8, 16, 16), cameras)  # the cube [-0.5, 0.5]^3 is in view
     outside = sdf >= 0  # wherever the SDF is non-negative nothing changes; inside it stays negative
     torch.testing.assert_close(carved[outside], sdf[outside])
     assert (carved[~outside] < 0).all()
@@ -226,18 +235,41 @@ def test_carving_to_full_masks_keeps_the_sdf():
 def test_carving_keeps_the_mesh_inside_every_silhouette():
     neus, context = sphere_neus(radius=0.5)
     cameras = default_cameras(8, resolution=32)
-    masks = sphere_masks(cameras, 0.3)
+    masks = sphere_coverage_masks(8, 32, 0.3)
     carved = mesh_from_neus(neus, context, resolution=48, masks=masks, cameras=cameras)
-    # the vertices project inside every view's disc (radius 0.3, plus a pixel of interpolation) ...
+    # the vertices project inside every view's disc of radius 0.3 (plus half a pixel) ...
     uv, _ = cameras.project(torch.from_numpy(carved.vertices).float().expand(8, -1, -1))
     centre, _ = cameras.project(torch.zeros(8, 1, 3))
     focal, distance = cameras.intrinsics[0, 0, 0], cameras.centers[0].norm()
     disc = focal * 0.3 / (distance ** 2 - 0.3 ** 2) ** 0.5
-    assert ((uv - centre).norm(dim=-1) <= disc + 1.0).all()
+    assert ((uv - centre).norm(dim=-1) <= disc + 0.5).all()
     # ... so the sphere of radius 0.5 is cut down to the hull of the discs, which reaches them at the equator
     radii = np.linalg.norm(carved.vertices, axis=-1)
     equator = np.abs(carved.vertices[:, 2]) < 0.05
-    assert radii.max() < 0.36 and radii[equator].min() > 0.27
+    assert radii.max() < 0.36 and radii[equator].min() > 0.26
+
+
+def carved_volume(neus, context, masks, cameras, contour, resolution=48):
+    """Volume of the zero level set of ``neus``'s SDF carved to ``masks`` at ``contour``."""
+    from skimage.measure import marching_cubes
+
+    bound = neus.config.bound_radius
+    sdf = carve_to_silhouettes(neus.sdf_grid(context, resolution, 0), bound, masks, cameras, contour=contour)
+    vertices, faces, _, _ = marching_cubes(sdf.numpy(), level=0.0)
+    return trimesh.Trimesh(vertices / (resolution - 1) * 2 * bound - bound, faces).volume
+
+
+def test_carving_follows_the_edge_inside_coverage_masks():
+    """Coverage masks grow a silhouette by the pixels the object only partly covers: carved at the midway
+    contour (1/2) a sphere's hull comes out a third too large; the default contour keeps its volume."""
+    neus, context = sphere_neus(radius=0.8)
+    fine_cameras = default_cameras(8, resolution=128)  # pixel-centre masks: the midway contour is the edge
+    hull = carved_volume(neus, context, sphere_masks(fine_cameras, 0.4), fine_cameras, contour=0.5)
+    cameras, masks = default_cameras(8, resolution=32), sphere_coverage_masks(8, 32, 0.4)
+    assert carved_volume(neus, context, masks, cameras, contour=CARVE_CONTOUR) == pytest.approx(hull, rel=0.05)
+    assert carved_volume(neus, context, masks, cameras, contour=0.5) > 1.2 * hull
+    with pytest.raises(ValueError, match="contour must be in"):
+        carve_to_silhouettes(torch.zeros(8, 8, 8), 1.0, masks, cameras, contour=1.0)
 
 
 def test_carving_everything_away_leaves_no_surface():
