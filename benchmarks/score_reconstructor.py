@@ -14,8 +14,9 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
   unrelated shape of the same world scores).
 
 Meshes: marching cubes of the SDF's zero level (``--mesh-level``) at 64^3 (``--mesh-resolution``),
-carved to the input views' silhouettes as the pipeline carves them (``--no-mesh-carving``: the SDF as
-it is), volume IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
+carved to the input views' silhouettes as the pipeline carves them (``--carve-contours``: the mask
+values the carved surface follows, a table row each; ``--no-mesh-carving``: the SDF as it is), volume
+IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
 reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-reconstructor``'s
 ``model/``).
 
@@ -25,7 +26,7 @@ reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-
 
 import argparse
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -36,7 +37,7 @@ from diffusers_mv3d.evaluation.consistency import foreground_masks
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.evaluation.variants import render_object
-from diffusers_mv3d.mesh import mesh_from_neus
+from diffusers_mv3d.mesh import CARVE_CONTOUR, mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
 
@@ -53,13 +54,15 @@ def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator)
 
 @torch.no_grad()
 def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
-                          cfg: EvaluationConfig, level: float = 0.0, carving: bool = True) -> Dict[str, float]:
+                          cfg: EvaluationConfig, level: float = 0.0,
+                          carve_contour: Optional[float] = CARVE_CONTOUR) -> Dict[str, float]:
     """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set, carved to the
-    views' silhouettes when ``carving``) and score it against ``target_mesh``."""
+    ``carve_contour`` of the views' silhouettes unless it is ``None``) and score it against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
-    masks = foreground_masks(views * 2 - 1, background="border") if carving else None
+    masks = None if carve_contour is None else foreground_masks(views * 2 - 1, background="border")
     try:
-        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level, masks=masks, cameras=cameras)
+        mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level, masks=masks, cameras=cameras,
+                              carve_contour=carve_contour or CARVE_CONTOUR)  # unused without masks
     except ValueError:  # no surface
         mesh = None
     chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
@@ -94,6 +97,9 @@ def main() -> None:
     parser.add_argument("--mesh-level", type=float, default=0.0, help="SDF value meshed (default 0)")
     parser.add_argument("--mesh-carving", action=argparse.BooleanOptionalAction, default=True,
                         help="carve the SDF to the input views' silhouettes, as the pipeline does (default: yes)")
+    parser.add_argument("--carve-contours", type=float, nargs="+", default=[CARVE_CONTOUR],
+                        help=f"mask values in (0, 1) the carved surface follows, a row each (default: the pipeline's, "
+                             f"{CARVE_CONTOUR})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -101,6 +107,8 @@ def main() -> None:
         parser.error("--caption and --auto-caption exclude each other")
     if args.objects < 2:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
+    if not all(0 < c < 1 for c in args.carve_contours):
+        parser.error(f"--carve-contours must lie in (0, 1), got {args.carve_contours}")
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
 
@@ -141,19 +149,20 @@ def main() -> None:
               f"{sum(q for _, q in copied) / len(copied):.3f})", flush=True)
 
     rows: List[str] = []
+    contours = args.carve_contours if args.mesh_carving else [None]
     for name, model in models.items():
-        for source in [s for s in INPUTS if s in inputs]:
-            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, args.mesh_carving)
+        for source, contour in [(s, c) for s in INPUTS if s in inputs for c in contours]:
+            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, contour)
                       for views, obj in zip(inputs[source], objects)]
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
-            rows.append(f"| {name} | {source} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
+            rows.append(f"| {name} | {source} | {'-' if contour is None else contour} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
     print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px, "
           f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}, "
           f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
-    print("| reconstructor | input views | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|")
+    print("| reconstructor | input views | carve contour | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

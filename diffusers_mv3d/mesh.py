@@ -52,6 +52,7 @@ def mesh_from_neus(
     level: float = 0.0,
     masks: Optional[torch.Tensor] = None,
     cameras: Optional[Cameras] = None,
+    carve_contour: float = CARVE_CONTOUR,
 ) -> trimesh.Trimesh:
     """Marching cubes on a level set of one object's SDF, the zero one by default (world coordinates,
     outward faces), carved to the views' silhouettes when ``masks`` are given.
@@ -66,6 +67,7 @@ def mesh_from_neus(
             :func:`carve_to_silhouettes`; ``None`` meshes the SDF as it is.
         cameras: the masks' cameras, batch shape ``[V]`` (default: the context's, when their size
             matches the masks').
+        carve_contour: the mask value the carved surface follows (:func:`carve_to_silhouettes`).
 
     Raises:
         ValueError: when ``object_index`` is out of range, the masks do not match the cameras, or the
@@ -82,7 +84,8 @@ def mesh_from_neus(
     if masks is not None:
         if cameras is None:
             cameras = context.cameras[object_index]  # [V]
-        sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks.cpu(), cameras.to(device="cpu", dtype=sdf.dtype))
+        sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks.cpu(), cameras.to(device="cpu", dtype=sdf.dtype),
+                                   contour=carve_contour)
     sdf = sdf.numpy()
     if not (sdf.min() < level < sdf.max()):
         raise ValueError(f"the SDF does not cross {level} inside the bounds: no surface to mesh")

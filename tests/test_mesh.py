@@ -250,13 +250,8 @@ def test_carving_keeps_the_mesh_inside_every_silhouette():
 
 
 def carved_volume(neus, context, masks, cameras, contour, resolution=48):
-    """Volume of the zero level set of ``neus``'s SDF carved to ``masks`` at ``contour``."""
-    from skimage.measure import marching_cubes
-
-    bound = neus.config.bound_radius
-    sdf = carve_to_silhouettes(neus.sdf_grid(context, resolution, 0), bound, masks, cameras, contour=contour)
-    vertices, faces, _, _ = marching_cubes(sdf.numpy(), level=0.0)
-    return trimesh.Trimesh(vertices / (resolution - 1) * 2 * bound - bound, faces).volume
+    """Volume of the mesh of ``neus``'s SDF carved to ``masks`` at ``contour``."""
+    return mesh_from_neus(neus, context, resolution, masks=masks, cameras=cameras, carve_contour=contour).volume
 
 
 def test_carving_follows_the_edge_inside_coverage_masks():
