@@ -177,6 +177,12 @@ def test_fidelity_on_hand_made_logits():
         fidelity(hand_made_images(category_logits, colour_logits), attributes[:3], classifier)
 
 
+def test_captions_take_the_likeliest_labels_and_the_worlds_articles():
+    classifier = LogitsInPixels(["chair", "mug"], ["orange", "blue"])
+    images = hand_made_images(torch.tensor([[0, 2.0], [3.0, 1.0]]), torch.tensor([[1.0, 0], [0, 1.0]]))
+    assert caption_images(classifier, images) == ["an orange mug", "a blue chair"]
+
+
 def test_the_shipped_classifier_captions_renders_of_training_objects_by_colour_and_category():
     from diffusers_mv3d.cameras import default_cameras
     from diffusers_mv3d.data.render import render_views

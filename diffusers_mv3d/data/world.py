@@ -504,6 +504,12 @@ _GENERATORS: Dict[str, Callable[[np.random.Generator, str], Tuple[Parts, Dict, s
 CATEGORIES: List[str] = list(_GENERATORS)
 
 
+def with_articles(caption: str) -> str:
+    """``caption`` with "a" before a vowel made "an" ("a orange mug" -> "an orange mug"), as every
+    caption of the world is written."""
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)
+
+
 def generate_object(category: str, seed: int, colour: Optional[str] = None) -> ProceduralObject:
     """Generate the object ``seed`` of ``category``, in ``colour`` (drawn from the palette when None).
 
@@ -520,5 +526,4 @@ def generate_object(category: str, seed: int, colour: Optional[str] = None) -> P
     drawn = _pick(rng, list(PALETTE))
     colour = colour or drawn
     parts, attributes, caption = _GENERATORS[category](rng, colour)
-    caption = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)  # "a orange" -> "an orange"
-    return ProceduralObject(assemble(parts), caption, category, colour, attributes)
+    return ProceduralObject(assemble(parts), with_articles(caption), category, colour, attributes)

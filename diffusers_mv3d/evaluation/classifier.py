@@ -199,11 +199,14 @@ def classify(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256)
 
 
 def caption_images(classifier: "AttributeClassifier", images: torch.Tensor) -> List[str]:
-    """Captions ``"a <colour> <category>"`` of ``images [N, 3, H, W]`` in ``[-1, 1]`` (white background),
+    """Captions ``"a <colour> <category>"`` ("an" before a vowel, as the world's captions are written) of
+    ``images [N, 3, H, W]`` in ``[-1, 1]`` (white background),
     from the classifier's most likely labels: what image-to-multiview is given when the user gives
     no caption (the foundation then follows the reference's object, docs/results.md)."""
+    from ..data.world import with_articles
+
     category, colour = classify(classifier, images)
-    return [f"a {classifier.config.colours[c]} {classifier.config.categories[k]}"
+    return [with_articles(f"a {classifier.config.colours[c]} {classifier.config.categories[k]}")
             for k, c in zip(category.argmax(-1).tolist(), colour.argmax(-1).tolist())]
 
 
