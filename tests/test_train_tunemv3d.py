@@ -141,6 +141,7 @@ def straight_run(workdir):
         ("ema_decay", 1.5, "--ema-decay"),
         ("max_reference_views", 99, "--max-reference-views"),
         ("max_reference_views", 0, "--max-reference-views"),
+        ("reference_caption_dropout", -0.5, "--reference-caption-dropout"),
     ],
 )
 def test_bad_settings_name_the_flag(field, value, flag):
@@ -287,6 +288,21 @@ def test_reference_draws_come_last_and_give_one_to_max_clean_views_in_that_share
     assert set(counts.tolist()) == {0, 1, 2, 3}
     assert 0.2 < (counts > 0).float().mean() < 0.4
     assert len(set(with_references["reference_views"].float().argmax(1).tolist())) == 4  # any view may be one
+
+
+def test_reference_caption_dropout_drops_captions_of_objects_with_references_only():
+    def draws(**settings):
+        cfg = TuneMV3DTrainConfig(num_input_views=4, reference_view_share=0.3, caption_dropout=0.1, **settings)
+        return step_draws(torch.Generator().manual_seed(3), 400, 4, 3, (8, 8), 1000, 16, cfg)
+
+    plain, dropping = draws(), draws(reference_caption_dropout=1.0)
+    for key in plain:  # every other draw is unchanged
+        if key != "drop_caption":
+            torch.testing.assert_close(plain[key], dropping[key])
+    with_references = dropping["reference_views"].any(1)
+    assert dropping["drop_caption"][with_references].all()
+    torch.testing.assert_close(dropping["drop_caption"][~with_references], plain["drop_caption"][~with_references])
+    assert plain["drop_caption"][with_references].float().mean() < 0.3  # only caption_dropout's share before
 
 
 def test_diffusion_mse_leaves_out_reference_views():

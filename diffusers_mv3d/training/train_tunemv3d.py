@@ -110,6 +110,8 @@ class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, 
     """Fraction of objects in which 1 to max_reference_views random input views are clean (timestep 0, no noise) and carry no diffusion loss, as the pipeline clamps reference views (§3.4)."""
     max_reference_views: int = 3
     """Most reference views of such an object (each count from 1 equally likely; below num_input_views)."""
+    reference_caption_dropout: float = 0.0
+    """Fraction of the objects with reference views that also lose their caption (beyond caption_dropout), so the branch learns image-to-multiview from the image alone, as `generate --image` without a prompt asks. 0: off."""
     init_from: Optional[str] = None
     """Start a fresh run from the controlnet/ and neus/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new branch; their configs must match these settings; optimizer, schedule and EMA start anew. Ignored when resuming."""
 
@@ -122,6 +124,7 @@ class TuneMV3DTrainConfig(EMASettings, NeuSSupervisionSettings, BranchSettings, 
               "diffusion_loss_weight", "and the other loss weights must not all be 0")
         self.check(0.0 <= self.neus_dropout < 1.0, "neus_dropout", "must be in [0, 1)")
         self.check(0.0 <= self.reference_view_share <= 1.0, "reference_view_share", "must be in [0, 1]")
+        self.check(0.0 <= self.reference_caption_dropout <= 1.0, "reference_caption_dropout", "must be in [0, 1]")
         self.check(1 <= self.max_reference_views < self.num_input_views, "max_reference_views",
                    f"must be >= 1 and below num_input_views={self.num_input_views} (a view must stay noisy)")
         self.check(self.init_from is None or bool(self.init_from), "init_from", "must name a folder")
@@ -150,7 +153,8 @@ def step_draws(generator: torch.Generator, batch: int, views: int, channels: int
     """Every random draw of one step on one process, in a fixed order (so a resumed run repeats them).
 
     ``reference_views [B, V]`` marks the clean reference views (§3.4); it is drawn last and only with
-    ``reference_view_share > 0``, so runs without references draw what they drew before it existed.
+    ``reference_view_share > 0``, so runs without references draw what they drew before it existed;
+    ``reference_caption_dropout > 0`` then drops the caption of that share of those objects, drawn after.
     """
     height, width = size
     draws = {
@@ -167,6 +171,9 @@ def step_draws(generator: torch.Generator, batch: int, views: int, channels: int
         counts = torch.randint(1, cfg.max_reference_views + 1, (batch,), generator=generator) * with_references
         rank = torch.rand(batch, views, generator=generator).argsort(1).argsort(1)  # a random order of the views
         draws["reference_views"] = rank < counts[:, None]
+        if cfg.reference_caption_dropout > 0:
+            drop = torch.rand(batch, generator=generator) < cfg.reference_caption_dropout
+            draws["drop_caption"] = draws["drop_caption"] | (drop & with_references)
     return draws
 
 
