@@ -9,7 +9,8 @@ Each object is rendered at the pipeline's default cameras (8 views, elevation 20
   generated views look like);
 - ``generated``: the views a TuneMV3D pipeline generates from view 0 (image-to-multiview, as
   ``diffusers-mv3d evaluate --image-to-multiview`` runs it; needs ``--pipeline``; their PSNR / SSIM
-  against the renders is printed beside copying the reference, as the evaluation reports it);
+  against the renders is printed beside copying the reference, as the evaluation reports it, with
+  their silhouettes' IoU and area against the renders' silhouettes, beside the reference's);
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
@@ -26,14 +27,14 @@ reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-
 
 import argparse
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier, caption_images
-from diffusers_mv3d.evaluation.consistency import foreground_masks
+from diffusers_mv3d.evaluation.consistency import foreground_masks, mask_iou
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.evaluation.variants import render_object
@@ -67,6 +68,24 @@ def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras,
         mesh = None
     chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
     return {"volume_iou": iou, "chamfer_l1": chamfer, "failed": float(mesh is None)}
+
+
+def silhouette_agreement(generated: torch.Tensor, renders: torch.Tensor) -> List[float]:
+    """Mean IoU and area ratio of the foreground masks of ``generated`` against ``renders`` (both
+    ``[V, 3, H, W]`` in [0, 1], masks against the views' border colour as the meshes are carved)."""
+    ours, theirs = (foreground_masks(v * 2 - 1, background="border") for v in (generated, renders))
+    areas = ours.flatten(1).sum(-1).float() / theirs.flatten(1).sum(-1).float().clamp(min=1)
+    return [mask_iou(ours, theirs).mean().item(), areas.mean().item()]
+
+
+def copy_reference(views: torch.Tensor) -> torch.Tensor:
+    """View 0 of ``views [V, ...]`` in place of views 1 to V-1 (the baseline generated views are scored beside)."""
+    return views[:1].expand_as(views[1:])
+
+
+def column_means(rows: Sequence[Sequence[float]]) -> List[float]:
+    """The mean of each column of ``rows`` (one row an object)."""
+    return [sum(column) / len(rows) for column in zip(*rows)]
 
 
 def generated_views(pipe, views: torch.Tensor, cameras, steps: int, seed: int, caption=None, **options) -> torch.Tensor:
@@ -141,12 +160,16 @@ def main() -> None:
             captions = caption_images(classifier, torch.stack([r["views"][0] for r in renders]) * 2 - 1)
         inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, caption, **options)
                                for r, caption in zip(renders, captions)]
-        scores = [image_psnr_ssim(g[1:], r["views"][1:]) for g, r in zip(inputs["generated"], renders)]
-        copied = [image_psnr_ssim(r["views"][:1].expand_as(r["views"][1:]), r["views"][1:]) for r in renders]
+        pairs = list(zip(inputs["generated"], renders))
+        psnr, ssim = column_means([image_psnr_ssim(g[1:], r["views"][1:]) for g, r in pairs])
+        copied_psnr, copied_ssim = column_means([image_psnr_ssim(copy_reference(r["views"]), r["views"][1:]) for r in renders])
+        iou, area = column_means([silhouette_agreement(g[1:], r["views"][1:]) for g, r in pairs])
+        copied_iou, copied_area = column_means([silhouette_agreement(copy_reference(r["views"]), r["views"][1:])
+                                                for r in renders])
         print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s; views 1-7 against the renders: "
-              f"PSNR {sum(p for p, _ in scores) / len(scores):.2f} dB, SSIM {sum(q for _, q in scores) / len(scores):.3f} "
-              f"(reference copied: {sum(p for p, _ in copied) / len(copied):.2f} dB, "
-              f"{sum(q for _, q in copied) / len(copied):.3f})", flush=True)
+              f"PSNR {psnr:.2f} dB, SSIM {ssim:.3f} (reference copied: {copied_psnr:.2f} dB, {copied_ssim:.3f}); "
+              f"their silhouettes: IoU {iou:.3f} with the renders', {area:.2f}x their area (reference copied: "
+              f"{copied_iou:.3f}, {copied_area:.2f}x)", flush=True)
 
     rows: List[str] = []
     contours = args.carve_contours if args.mesh_carving else [None]
