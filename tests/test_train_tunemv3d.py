@@ -8,6 +8,7 @@ rendering 8x8 with 8 + 4 samples a ray, and a few steps.
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -452,17 +453,30 @@ def _free_port() -> int:
     raise RuntimeError("no free port in 20000-32000")
 
 
+def _run_process_group(command, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own; on timeout the whole group is killed (a launcher's
+    ranks too, which ``subprocess.run`` would leave running) and the test fails with their output."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[2]} ran past {timeout} s; stderr:\n{stderr[-3000:]}\nstdout:\n{stdout[-1000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def test_two_processes_train_in_sync(workdir, tmp_path):
     """accelerate launch --multi_gpu on CPUs: gloo DDP, each rank its share of the batch, equal weights."""
     out = tmp_path / "ddp"
     config = tmp_path / "ddp.json"
     config.write_text(json.dumps(tiny_settings(workdir, out, max_train_steps=2, validation_steps=0, neus_dropout=0.5)))
-    result = subprocess.run(
+    result = _run_process_group(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
          "-m", "diffusers_mv3d.cli", "train", "--config", str(config)],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
+        timeout=300, cwd=str(tmp_path), env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
