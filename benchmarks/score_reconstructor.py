@@ -33,7 +33,8 @@ import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.data.splits import split_object
-from diffusers_mv3d.evaluation.classifier import AttributeClassifier, caption_images
+from diffusers_mv3d.captioning import RetrievalCaptioner, caption_references
+from diffusers_mv3d.evaluation.classifier import AttributeClassifier
 from diffusers_mv3d.evaluation.consistency import foreground_masks, mask_iou
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="folders holding reconstructor/")
     parser.add_argument("--objects", type=int, default=16, help="unseen objects3d objects (default 16)")
+    parser.add_argument("--first", type=int, default=0, help="skip this many unseen objects (default 0)")
     parser.add_argument("--pipeline", default=None, help="a TuneMV3D pipeline folder for the generated input")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
     parser.add_argument("--consistency-ratio", type=float, default=None,
@@ -109,7 +111,10 @@ def main() -> None:
                         help="classifier-free guidance of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--caption", action="store_true", help="give the object's caption with the image")
     parser.add_argument("--auto-caption", action="store_true",
-                        help="give the attribute classifier's caption of the image (as generate --image does)")
+                        help="give the image's auto-caption (as generate --image does without a prompt)")
+    parser.add_argument("--captioner", default=None,
+                        help="with --auto-caption: a RetrievalCaptioner folder, or 'none' for the attribute classifier's "
+                             "caption (default: the pipeline's captioner, the classifier's without one)")
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes grid side (default: the evaluation's, 64)")
@@ -124,6 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.caption and args.auto_caption:
         parser.error("--caption and --auto-caption exclude each other")
+    if args.first < 0:
+        parser.error(f"--first must be >= 0, got {args.first}")
     if args.objects < 2:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
     if not all(0 < c < 1 for c in args.carve_contours):
@@ -144,7 +151,8 @@ def main() -> None:
     cfg = EvaluationConfig(model=args.models[0], **mesh_settings)  # only its mesh settings are read
     cameras = default_cameras(8, size)
     generator = torch.Generator().manual_seed(args.seed)
-    objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + i)[1] for i in range(args.objects)]
+    first = FIRST_UNSEEN_INDEX + args.first
+    objects = [split_object("objects3d", first + i)[1] for i in range(args.objects)]
     renders = [{"views": rgba[:, :3], "masks": rgba[:, 3:]}
                for rgba in (render_object(obj, cameras, alpha=True) for obj in objects)]
     inputs = {"white": [r["views"] for r in renders],
@@ -157,7 +165,15 @@ def main() -> None:
         captions = [obj.caption if args.caption else None for obj in objects]
         if args.auto_caption:
             classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
-            captions = caption_images(classifier, torch.stack([r["views"][0] for r in renders]) * 2 - 1)
+            if args.captioner == "none":
+                captioner = None
+            elif args.captioner is not None:
+                captioner = RetrievalCaptioner.from_pretrained(args.captioner)
+            else:
+                captioner = getattr(pipe, "captioner", None)
+            captions = caption_references(torch.stack([r["views"][0] for r in renders]) * 2 - 1, classifier, captioner)
+            print(f"auto-captions ({'retrieval captioner' if captioner is not None else 'attribute classifier'}): "
+                  + "; ".join(captions), flush=True)
         inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, caption, **options)
                                for r, caption in zip(renders, captions)]
         pairs = list(zip(inputs["generated"], renders))
@@ -182,7 +198,7 @@ def main() -> None:
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
             rows.append(f"| {name} | {source} | {'-' if contour is None else contour} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
-    print(f"\n{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX}+), 8 views at {size} px, "
+    print(f"\n{args.objects} unseen objects3d objects (indices {first}+), 8 views at {size} px, "
           f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}, "
           f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
     print("| reconstructor | input views | carve contour | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|---|")

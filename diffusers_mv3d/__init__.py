@@ -7,6 +7,7 @@ the class named in ``model_index.json`` from it.
 __version__ = "0.1.0"
 
 from .cameras import Cameras, default_cameras
+from .captioning import RetrievalCaptioner
 from .models import GeometryAwareAttention, LatentSparseNeuS, LatentSparseNeuSOutput, MultiViewControlNetModel
 from .pipelines import TuneMV3DPipeline, TuneMV3DPipelineOutput
 from .schedulers import ConsistencyGuidanceScheduler
@@ -18,6 +19,7 @@ __all__ = [
     "LatentSparseNeuS",
     "LatentSparseNeuSOutput",
     "MultiViewControlNetModel",
+    "RetrievalCaptioner",
     "TuneMV3DPipeline",
     "TuneMV3DPipelineOutput",
     "default_cameras",

@@ -1,5 +1,5 @@
 """The ``diffusers-mv3d`` command line: generate, render, train-foundation, train,
-train-reconstructor, train-baseline, evaluate, demo.
+train-reconstructor, train-baseline, build-captioner, evaluate, demo.
 
 Each sub-command lives beside the code it drives and registers itself with an
 ``add_parser(subparsers)`` function that sets ``func`` (called with the parsed namespace).
@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import demo, generate
+from . import captioning, demo, generate
 from .data import render_dataset
 from .evaluation import evaluate
 from .training.commands import add_parsers as add_trainer_parsers
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub)
     render_dataset.add_parser(sub)
     add_trainer_parsers(sub)
+    captioning.add_parser(sub)
     evaluate.add_parser(sub)
     demo.add_parser(sub)
     return parser

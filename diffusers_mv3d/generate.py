@@ -222,12 +222,15 @@ def generate(
 
 
 def caption_reference(pipe, reference: PIL.Image.Image) -> str:
-    """``"a <colour> <category>"`` for a reference image (RGBA composited on white, as the pipeline
-    takes it), by the attribute classifier the package ships (trained on the 2D foundation renders, not
-    on the evaluation's objects). Image-to-multiview follows the reference far better with a caption."""
-    from .evaluation.classifier import caption_images
+    """A caption for a reference image (RGBA composited on white, as the pipeline takes it): the caption
+    of the pipeline's ``captioner`` (the most similar training object's, docs/results.md "Captions for
+    image-to-multiview") in the colour the package's attribute classifier sees, or without a captioner
+    the classifier's ``"a <colour> <category>"``. Image-to-multiview follows the reference far better
+    with a caption."""
+    from .captioning import caption_references
 
-    return caption_images(_packaged_classifier(), pipe.preprocess_image(reference, "--image")[None])[0]
+    image = pipe.preprocess_image(reference, "--image")[None]
+    return caption_references(image, _packaged_classifier(), getattr(pipe, "captioner", None))[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -270,7 +273,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--image", type=Path, default=None, help="reference image for view 0 (image-to-multiview)")
     parser.add_argument("--no-auto-caption", action="store_true",
                         help="with --image and no prompt, sample without a caption instead of captioning the image "
-                             "with the package's attribute classifier")
+                             "(the model's captioner, or the package's attribute classifier)")
     parser.add_argument("--model", default=None, help="pipeline folder or Hub id (default: the embedded pipelines/tunemv3d-tiny)")
     parser.add_argument("--out", type=Path, default=Path("outputs/generate"), help="output folder")
     parser.add_argument("--guidance-scale", type=float, default=None,
@@ -303,8 +306,7 @@ def run(args: argparse.Namespace) -> int:
             caption_image=not args.no_auto_caption,
         )
     if result["prompt"] != args.prompt:
-        print(f"captioned --image as {result['prompt']!r} (the package's attribute classifier; give a caption to "
-              "choose your own, --no-auto-caption for none)")
+        print(f"captioned --image as {result['prompt']!r} (give a caption to choose your own, --no-auto-caption for none)")
     files, views = result["files"], result["views"]
     print(f"generated {views} views in {result['seconds']:.1f} s; wrote to {args.out}/:")
     for name in ("views", "cameras", "mesh", "turntable"):

@@ -7,7 +7,8 @@ The logic is :func:`diffusers_mv3d.assembly.assemble_pipeline`; this is its comm
     # our foundation + a trained branch + the reconstructor: the embedded default pipeline
     python scripts/assemble_pipeline.py --base runs/foundation-tiny/pipeline \\
         --branch runs/tunemv3d-tiny/model --reconstructor runs/reconstructor-tiny/model \\
-        --eta 1.0 --out pipelines/tunemv3d-tiny --overwrite --trained-on "2 CPU cores (AMD EPYC), no GPU"
+        --captioner runs/captioner --eta 1.0 --out pipelines/tunemv3d-tiny --overwrite \\
+        --trained-on "2 CPU cores (AMD EPYC), no GPU"
     # ... and upload the folder to the Hub
     python scripts/assemble_pipeline.py --base ... --branch ... --out DIR --push-to-hub you/tunemv3d-sd21
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reconstructor", default=None,
                         help="reconstructor folder (a LatentSparseNeuS, or train-reconstructor's OUTPUT_DIR/model); "
                              "replaces the branch's reconstructor/")
+    parser.add_argument("--captioner", default=None,
+                        help="a RetrievalCaptioner folder (diffusers-mv3d build-captioner --out): captions reference images "
+                             "given without a prompt (generate --image)")
     parser.add_argument("--out", default=None, help="the pipeline folder to write (required unless --push-to-hub)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     parser.add_argument("--consistency-ratio", type=float, default=0.5,
@@ -80,14 +84,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             guidance_scale=args.guidance_scale,
             neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,
-            trained_on=args.trained_on,
+            trained_on=args.trained_on, captioner=args.captioner,
         )
     except ValueError as error:
         parser.error(str(error))
     space = "latent" if pipe.vae is not None else "pixel"
     print(f"assembled a TuneMV3DPipeline on {args.base} ({space} space, {pipe.image_size}x{pipe.image_size} views; "
           f"branch: {args.branch or args.controlnet or 'fresh'}; reconstructor: "
-          f"{'yes' if pipe.reconstructor is not None else 'no'})")
+          f"{'yes' if pipe.reconstructor is not None else 'no'}; captioner: {'yes' if pipe.captioner is not None else 'no'})")
     if args.out:
         print(f"wrote {args.out} (load: TuneMV3DPipeline.from_pretrained({args.out!r}))")
     if args.push_to_hub:

@@ -17,6 +17,7 @@ from diffusers_mv3d import (
     ConsistencyGuidanceScheduler,
     LatentSparseNeuS,
     MultiViewControlNetModel,
+    RetrievalCaptioner,
     TuneMV3DPipeline,
 )
 from diffusers_mv3d.assembly import (
@@ -181,11 +182,14 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
                                      num_sdf_layers=1, num_color_layers=1, num_frequencies=1, num_coarse_samples=4,
                                      num_importance_samples=0, timestep_embedding_dim=4)
     reconstructor.save_pretrained(tmp_path / "recon" / "reconstructor")  # train-reconstructor's model/ layout
+    captioner = RetrievalCaptioner(["a tall red lamp", "a blue mug"], ["red", "blue"], key_size=4, data_dir="data/x")
+    captioner.view_keys.normal_()
+    captioner.save_pretrained(tmp_path / "captioner")
     out = tmp_path / "pipe"
 
     command = [sys.executable, str(ASSEMBLE), "--base", str(if_base), "--branch", str(branch), "--reconstructor",
                str(tmp_path / "recon"), "--out", str(out), "--consistency-ratio", "0.25", "--consistency-scale", "2.0",
-               "--neus-render-resolution", "8", "--guidance-scale", "1"]
+               "--neus-render-resolution", "8", "--guidance-scale", "1", "--captioner", str(tmp_path / "captioner")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -194,12 +198,14 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
     loaded = TuneMV3DPipeline.from_pretrained(out)
     assert_state_equal(loaded.controlnet, holder.controlnet)
     assert_state_equal(loaded.reconstructor, reconstructor)
+    assert_state_equal(loaded.captioner, captioner) and loaded.captioner.config.captions == ["a tall red lamp", "a blue mug"]
     assert loaded.scheduler.config.consistency_ratio == 0.25 and loaded.scheduler.config.consistency_scale == 2.0
     assert loaded.scheduler.config.guidance_scale == 1.0
     card = (out / "README.md").read_text()
     assert str(branch) in card and "--consistency-ratio 0.25" in card and "trained" in card
     assert "--guidance-scale 1" in card and "guidance_scale=1.0" in card  # the command and the usage example
     assert "fresh (untrained)" not in card
+    assert f"diffusers-mv3d build-captioner --data data/x --out {tmp_path / 'captioner'}" in card
     images = generate(loaded, 2, consistency_ratio=0.5).images  # one consistency step of the two
     assert images.shape == (2, 16, 16, 3)
 
@@ -320,7 +326,7 @@ def test_recorded_command_parses_back_to_the_same_arguments():
 
     command = assemble_command("owner/base", "out dir", branch="runs/b/model", reconstructor="runs/r/model",
                                consistency_ratio=0.25, consistency_scale=2.0, neus_render_resolution=0, seed=3,
-                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5)
+                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5, captioner="runs/c")
     words = shlex.split(command)
     assert words[:2] == ["python", "scripts/assemble_pipeline.py"]
     args = load_script(ASSEMBLE).build_parser().parse_args(words[2:])
@@ -328,7 +334,7 @@ def test_recorded_command_parses_back_to_the_same_arguments():
         ("owner/base", "out dir", "runs/b/model", "runs/r/model", None)
     assert (args.consistency_ratio, args.consistency_scale, args.neus_render_resolution, args.seed) == (0.25, 2.0, 0, 3)
     assert args.push_to_hub == "me/repo" and args.overwrite and not args.private and args.eta == 1.0
-    assert args.guidance_scale == 1.5
+    assert args.guidance_scale == 1.5 and args.captioner == "runs/c"
 
 
 # ---------------------------------------------------------------------------- ControlNet conversion

@@ -212,7 +212,7 @@ def test_evaluate_command_writes_every_variant(tiny_folder, tmp_path):
     assert len(results["objects"]) == 2 * len(DEFAULT_VARIANTS)
 
 
-def test_image_to_multiview_prompts_none_the_caption_or_the_classifiers_caption(tiny_folder):
+def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_folder):
     from diffusers_mv3d.data.splits import split_objects
     from diffusers_mv3d.evaluation.classifier import caption_images
     from diffusers_mv3d.evaluation.evaluate import image_to_multiview
@@ -229,6 +229,13 @@ def test_image_to_multiview_prompts_none_the_caption_or_the_classifiers_caption(
                             ({"image_to_multiview_auto_caption": True}, caption_images(classifier, reference * 2 - 1)[0])):
         record, = image_to_multiview(pipe, EvaluationConfig(**settings, **flags), 0, classifier)["objects"]
         assert record["prompt"] == expected
+    # a pipeline with a captioner: its caption, in the classifier's colour
+    from diffusers_mv3d.captioning import RetrievalCaptioner, caption_references
+
+    pipe.register_modules(captioner=RetrievalCaptioner(["a tall blue lamp"], ["blue"], key_size=4))
+    result = image_to_multiview(pipe, EvaluationConfig(**settings, image_to_multiview_auto_caption=True), 0, classifier)
+    assert result["objects"][0]["prompt"] == caption_references(reference * 2 - 1, classifier, pipe.captioner)[0]
+    assert result["objects"][0]["prompt"].endswith(" lamp") and result["auto_captioner"] == "the pipeline's captioner"
     with pytest.raises(ValueError, match="--image-to-multiview-auto-caption needs the attribute classifier"):
         image_to_multiview(pipe, EvaluationConfig(**settings, image_to_multiview_auto_caption=True), 0, None)
     with pytest.raises(ValueError, match="exclude each other"):

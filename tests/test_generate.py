@@ -62,6 +62,24 @@ def test_generate_from_a_reference_image_keeps_it_as_view_zero(model_dir, tmp_pa
     assert json.loads((out / "cameras.json").read_text())["prompt"] == "a red mug"
 
 
+def test_generate_captions_a_reference_with_the_models_captioner(model_dir, tmp_path, capsys):
+    from diffusers_mv3d import RetrievalCaptioner, TuneMV3DPipeline
+    from diffusers_mv3d.generate import _packaged_classifier
+
+    pipe = TuneMV3DPipeline.from_pretrained(model_dir)
+    pipe.register_modules(captioner=RetrievalCaptioner(["a tall blue lamp with a drum shade"], ["blue"], key_size=4))
+    pipe.save_pretrained(tmp_path / "model")
+    reference = PIL.Image.new("RGB", (16, 16), (200, 30, 30))
+    reference.save(tmp_path / "ref.png")
+    main(["generate", "--image", str(tmp_path / "ref.png"), "--model", str(tmp_path / "model"), "--views", "2",
+          "--steps", "1", "--out", str(tmp_path / "out"), "--no-mesh"])
+    caption = json.loads((tmp_path / "out" / "cameras.json").read_text())["prompt"]
+    classifier = _packaged_classifier()
+    colour = classifier.config.colours[int(classifier(pipe.preprocess_image(reference, "--image")[None]).colour_logits.argmax())]
+    assert caption == f"a tall {colour} lamp with a drum shade"  # the captioner's caption in the classifier's colour
+    assert f"captioned --image as {caption!r}" in capsys.readouterr().out
+
+
 def test_generate_bad_arguments_exit_with_a_message_before_loading_the_model(model_dir, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "a-file").write_text("")

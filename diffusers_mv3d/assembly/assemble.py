@@ -18,6 +18,7 @@ from .components import (
     inference_scheduler,
     load_base,
     load_branch,
+    load_captioner,
     load_reconstructor,
 )
 from .model_card import assemble_command, model_card_text
@@ -39,6 +40,7 @@ def assemble_pipeline(
     reconstructor: Optional[PathLike] = None,
     out: Optional[PathLike] = None,
     *,
+    captioner: Optional[PathLike] = None,
     controlnet: Optional[PathLike] = None,
     consistency_ratio: float = 0.5,
     consistency_scale: float = 7.5,
@@ -62,6 +64,8 @@ def assemble_pipeline(
             ``diffusers-mv3d train``'s ``OUTPUT_DIR/model``) or Hub id; ``None`` starts a fresh branch
             (:class:`FreshBranchConfig`, residuals exactly zero).
         reconstructor: a reconstructor folder (replaces the branch's ``reconstructor/``).
+        captioner: a :class:`~diffusers_mv3d.captioning.RetrievalCaptioner` folder
+            (``diffusers-mv3d build-captioner``): what ``generate --image`` captions references with.
         out: where the pipeline folder goes (``None``: not saved, unless ``push_to_hub`` needs it).
         controlnet: a ``MultiViewControlNetModel`` folder (e.g. from :func:`convert_controlnet`) used
             instead of the branch's; without ``branch`` the NeuS is fresh.
@@ -92,6 +96,7 @@ def assemble_pipeline(
     branch = None if branch is None else str(branch)
     controlnet_path = None if controlnet is None else str(controlnet)
     reconstructor = None if reconstructor is None else str(reconstructor)
+    captioner = None if captioner is None else str(captioner)
     if neus_render_resolution is not None and neus_render_resolution < 0:
         raise ValueError(f"--neus-render-resolution must be >= 0 (0 = full resolution), got {neus_render_resolution}")
     if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())) and not overwrite:
@@ -115,6 +120,7 @@ def assemble_pipeline(
                                    "--base", base)
     if reconstructor is not None:
         reconstructor_model = load_reconstructor(reconstructor)
+    captioner_model = None if captioner is None else load_captioner(captioner)
     if neus_render_resolution is not None:
         neus.register_to_config(render_resolution=int(neus_render_resolution) or None)
 
@@ -126,6 +132,7 @@ def assemble_pipeline(
     pipe = TuneMV3DPipeline(
         unet=parts.unet, controlnet=controlnet_model, neus=neus, scheduler=scheduler,
         text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, vae=parts.vae, reconstructor=reconstructor_model,
+        captioner=captioner_model,
     )
 
     # 5. the folder, its model card, the Hub
@@ -133,10 +140,10 @@ def assemble_pipeline(
         command = command or assemble_command(
             base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
             consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite, eta,
-            guidance_scale,
+            guidance_scale, captioner,
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
-                               reconstructor=reconstructor, base_scheduler_class=parts.scheduler_class,
+                               reconstructor=reconstructor, captioner=captioner, base_scheduler_class=parts.scheduler_class,
                                load_from=push_to_hub or (str(out) if out is not None else "DIR"), machine=trained_on)
         if out is not None:
             folder = save_pipeline_folder(pipe, out, card, overwrite=overwrite)

@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from ..captioning import RetrievalCaptioner
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..schedulers.consistency_guidance import ConsistencyGuidanceScheduler
@@ -239,6 +240,15 @@ def load_reconstructor(path: PathLike) -> LatentSparseNeuS:
         raise ValueError(f"--reconstructor {path!r} takes in_channels={model.config.in_channels}; the reconstructor "
                          "reads the final views as RGB pixels (in_channels=3)")
     return model.eval()
+
+
+def load_captioner(path: PathLike) -> RetrievalCaptioner:
+    """A captioner: a ``RetrievalCaptioner`` folder (``diffusers-mv3d build-captioner --out``), a pipeline
+    folder with ``captioner/`` in it, or a Hub id of the former."""
+    path = str(path)
+    subfolder = "captioner" if os.path.isdir(os.path.join(path, "captioner")) else None
+    return _load_model(RetrievalCaptioner, path, subfolder, "--captioner",
+                       "a RetrievalCaptioner (diffusers-mv3d build-captioner)").eval()
 
 
 _ENCODER_KEYS = ("in_channels", "block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim")

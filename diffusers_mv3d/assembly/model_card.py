@@ -19,10 +19,12 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
                      consistency_scale: float = 7.5, neus_render_resolution: Optional[int] = None,
                      seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
                      private: bool = False, overwrite: bool = False, eta: float = 0.0,
-                     guidance_scale: float = 3.0, program: str = ASSEMBLE_SCRIPT) -> str:
+                     guidance_scale: float = 3.0, captioner: Optional[str] = None,
+                     program: str = ASSEMBLE_SCRIPT) -> str:
     """The ``assemble_pipeline.py`` command line that makes the same folder."""
     words = shlex.split(program) + ["--base", str(base)]
-    for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor)):
+    for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor),
+                        ("--captioner", captioner)):
         if value is not None:
             words += [flag, str(value)]
     if out is not None:
@@ -153,7 +155,8 @@ def training_section(sources: dict, machine: str = "") -> List[str]:
 
 def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Optional[str] = None,
                     controlnet: Optional[str] = None, reconstructor: Optional[str] = None,
-                    base_scheduler_class: str = "unknown", load_from: str = "DIR", machine: str = "") -> str:
+                    base_scheduler_class: str = "unknown", load_from: str = "DIR", machine: str = "",
+                    captioner: Optional[str] = None) -> str:
     """README.md of an assembled pipeline folder: YAML front matter (a Hub model card), what each
     component is and where it came from, what was trained and what is frozen, how to load it, and
     the command that made it."""
@@ -183,6 +186,10 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
     if pipe.reconstructor is not None:
         rows.append(("reconstructor", "LatentSparseNeuS (diffusers_mv3d)", "trained",
                      f"`{reconstructor}`" if reconstructor is not None else branch_source))
+    if pipe.captioner is not None:
+        built = pipe.captioner.config.data_dir
+        rows.append(("captioner", "RetrievalCaptioner (diffusers_mv3d)", "built, not trained",
+                     f"`{captioner}`" + (f", from the view 0 and caption of each object in `{built}`" if built else "")))
     rows.append(("scheduler", "ConsistencyGuidanceScheduler (diffusers_mv3d)", "-",
                  f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}, "
                  f"alpha = {scheduler.consistency_scale}, eta = {scheduler.eta}, "
@@ -209,7 +216,10 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         "Frozen, unchanged: the base model's UNet, text encoder" + (" and VAE" if latent else "") + ". "
         + ("To be trained" if fresh else "Trained") + " by TuneMV3D: `controlnet` (a copy of the UNet encoder with "
         "the NeuS condition, geometry-aware attention and zero convolutions) and `neus`"
-        + (", and `reconstructor` (on clean views)" if pipe.reconstructor is not None else "") + ".",
+        + (", and `reconstructor` (on clean views)" if pipe.reconstructor is not None else "") + "."
+        + (" `captioner` captions a reference image given without a prompt (`diffusers-mv3d generate --image`) with "
+           "the caption of the most similar training object, in the colour the package's attribute classifier sees."
+           if pipe.captioner is not None else ""),
         "",
         "## Usage",
         "",
@@ -233,6 +243,11 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         "## How it was made",
         "",
         "```bash",
+    ]
+    if pipe.captioner is not None and pipe.captioner.config.data_dir and captioner is not None:
+        lines.append(shlex.join(["diffusers-mv3d", "build-captioner", "--data", pipe.captioner.config.data_dir,
+                                 "--out", captioner]))
+    lines += [
         command,
         "```",
     ]

@@ -314,11 +314,13 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
     ``reference copied`` predicts every view as the reference: the floor the images must beat. The
     mesh figures stand beside the renders meshed by the same reconstructor (``renders_*``, its
     ceiling) and the next object's renders meshed (``control_*``, the negative control). The prompt is
-    none, the object's caption (``image_to_multiview_caption``) or the ``classifier``'s caption of the
-    reference (``image_to_multiview_auto_caption``, :func:`.classifier.caption_images`).
+    none, the object's caption (``image_to_multiview_caption``) or the reference's auto-caption
+    (``image_to_multiview_auto_caption``, :func:`~diffusers_mv3d.captioning.caption_references`: the
+    pipeline's ``captioner`` in the ``classifier``'s colour, or the ``classifier``'s caption without one).
     """
-    from .classifier import caption_images
+    from ..captioning import caption_references
 
+    captioner = getattr(pipe, "captioner", None)
     if cfg.image_to_multiview_auto_caption and classifier is None:
         raise ValueError("--image-to-multiview-auto-caption needs the attribute classifier (--classifier DIR)")
     cameras = default_cameras(cfg.views, pipe.image_size)
@@ -328,7 +330,7 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
     for index, ((object_id, obj), target) in enumerate(zip(objects, renders)):
         prompt = obj.caption if cfg.image_to_multiview_caption else None
         if cfg.image_to_multiview_auto_caption:
-            prompt = caption_images(classifier, target[:1] * 2 - 1)[0]
+            prompt = caption_references(target[:1] * 2 - 1, classifier, captioner)[0]
         arguments = dict(prompt=prompt, image=target[0],
                          num_views=cfg.views, cameras=cameras, num_inference_steps=cfg.steps,
                          guidance_scale=cfg.guidance_scale, output_type="pt")
@@ -361,7 +363,8 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
     keys = ("psnr", "ssim", "chamfer_l1", "volume_iou", "seconds", "copied_psnr", "copied_ssim",
             "renders_chamfer_l1", "renders_volume_iou", "control_chamfer_l1", "control_volume_iou")
     return {"objects": records, "mean": {k: _mean([r[k] for r in records]) for k in keys},
-            "meshes_failed": sum(not r["mesh"] for r in records), "seed": seed}
+            "meshes_failed": sum(not r["mesh"] for r in records), "seed": seed,
+            "auto_captioner": "the pipeline's captioner" if captioner is not None else "the attribute classifier"}
 
 
 def _mesh_or_none(pipe, views: torch.Tensor, cameras, cfg: EvaluationConfig):

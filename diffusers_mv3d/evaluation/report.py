@@ -84,7 +84,7 @@ def markdown_report(results: Dict[str, Any], command: str) -> str:
             "",
             "| method | PSNR dB | SSIM | Chamfer-L1 | volume IoU | s / object |",
             "|---|---|---|---|---|---|",
-            f"| tunemv3d, {_i2mv_prompt(cfg)} | {_fmt(mean['psnr'], 2)} | {_fmt(mean['ssim'], 3)} | {_fmt(mean['chamfer_l1'], 4)} | "
+            f"| tunemv3d, {_i2mv_prompt(cfg, i2mv)} | {_fmt(mean['psnr'], 2)} | {_fmt(mean['ssim'], 3)} | {_fmt(mean['chamfer_l1'], 4)} | "
             f"{_fmt(mean['volume_iou'], 3)} | {_fmt(mean['seconds'], 2)} |",
             f"| reference view copied | {_fmt(mean['copied_psnr'], 2)} | {_fmt(mean['copied_ssim'], 3)} | - | - | - |",
             f"| renders meshed (ground truth) | - | - | {_fmt(mean.get('renders_chamfer_l1'), 4)} | "
@@ -102,12 +102,12 @@ def markdown_report(results: Dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _i2mv_prompt(cfg: Dict[str, Any]) -> str:
-    """What image-to-multiview was given besides the image (older results lack the auto-caption key)."""
+def _i2mv_prompt(cfg: Dict[str, Any], i2mv: Dict[str, Any]) -> str:
+    """What image-to-multiview was given besides the image (older results lack the auto-caption keys)."""
     if cfg.get("image_to_multiview_caption"):
         return "image + caption"
     if cfg.get("image_to_multiview_auto_caption"):
-        return "image + the classifier's caption of it"
+        return f"image + its caption by {i2mv.get('auto_captioner', 'the attribute classifier')}"
     return "image alone"
 
 

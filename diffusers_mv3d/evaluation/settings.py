@@ -163,7 +163,7 @@ class EvaluationConfig:
     image_to_multiview_caption: bool = False
     """Give the object's caption with the reference image (default: the image alone)."""
     image_to_multiview_auto_caption: bool = False
-    """Give the caption the attribute classifier makes of the reference image ("a <colour> <category>", what `generate --image` does without a prompt)."""
+    """Give the reference image's auto-caption, what `generate --image` gives without a prompt (the pipeline's captioner in the attribute classifier's colour; without a captioner the classifier's "a <colour> <category>")."""
     mesh_resolution: int = 64
     """Marching-cubes grid of the image-to-multiview meshes."""
     mesh_iou_resolution: int = 32

@@ -21,6 +21,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..cameras import Cameras, default_cameras
+from ..captioning import RetrievalCaptioner
 from ..models.latent_sparse_neus import LatentSparseNeuS
 from ..models.multiview_controlnet import MultiViewControlNetModel
 from ..models.views import fold_views, unfold_views
@@ -80,10 +81,12 @@ class TuneMV3DPipeline(DiffusionPipeline):
         vae (`AutoencoderKL`, *optional*): present for latent-space (Stable Diffusion style) UNets.
         reconstructor (`LatentSparseNeuS`, *optional*): the feed-forward mesh reconstructor (§3.5),
             trained on clean pixel views; ``neus`` is used for meshes when absent.
+        captioner (`RetrievalCaptioner`, *optional*): captions references given without a prompt
+            (``diffusers-mv3d generate --image``; the pipeline itself never calls it).
     """
 
     model_cpu_offload_seq = "text_encoder->neus->controlnet->unet->vae->reconstructor"
-    _optional_components = ["vae", "reconstructor"]
+    _optional_components = ["vae", "reconstructor", "captioner"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -96,13 +99,14 @@ class TuneMV3DPipeline(DiffusionPipeline):
         tokenizer,
         vae: Optional[AutoencoderKL] = None,
         reconstructor: Optional[LatentSparseNeuS] = None,
+        captioner: Optional[RetrievalCaptioner] = None,
     ):
         super().__init__()
         if scheduler is not None and not isinstance(scheduler, ConsistencyGuidanceScheduler):
             scheduler = ConsistencyGuidanceScheduler.wrap(scheduler)
         self.register_modules(
             unet=unet, controlnet=controlnet, neus=neus, scheduler=scheduler, text_encoder=text_encoder,
-            tokenizer=tokenizer, vae=vae, reconstructor=reconstructor,
+            tokenizer=tokenizer, vae=vae, reconstructor=reconstructor, captioner=captioner,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
 
