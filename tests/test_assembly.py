@@ -206,6 +206,9 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
     assert "--guidance-scale 1" in card and "guidance_scale=1.0" in card  # the command and the usage example
     assert "fresh (untrained)" not in card
     assert f"diffusers-mv3d build-captioner --data data/x --out {tmp_path / 'captioner'}" in card
+    # from a pipeline folder's captioner/: built into that folder
+    pipeline_card = model_card_text(loaded, str(if_base), "assemble ...", captioner=str(out))
+    assert f"diffusers-mv3d build-captioner --data data/x --pipeline {out}" in pipeline_card
     images = generate(loaded, 2, consistency_ratio=0.5).images  # one consistency step of the two
     assert images.shape == (2, 16, 16, 3)
 

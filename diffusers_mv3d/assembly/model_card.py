@@ -245,8 +245,9 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         "```bash",
     ]
     if pipe.captioner is not None and pipe.captioner.config.data_dir and captioner is not None:
+        into_pipeline = (Path(captioner) / "captioner").is_dir()  # taken from a pipeline folder's captioner/
         lines.append(shlex.join(["diffusers-mv3d", "build-captioner", "--data", pipe.captioner.config.data_dir,
-                                 "--out", captioner]))
+                                 "--pipeline" if into_pipeline else "--out", captioner]))
     lines += [
         command,
         "```",
