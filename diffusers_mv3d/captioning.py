@@ -26,13 +26,13 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from tqdm.auto import tqdm
 
+from .data.dataset import rgba_to_tensors
 from .data.format import ObjectFolderError, open_object, read_rgba
 from .io_utils import atomic_write_folder, atomic_write_text
 
@@ -156,9 +156,7 @@ def build_captioner(data_dir: str, key_size: int = 16, pixel_weight: float = 0.3
             continue  # not an object folder (e.g. a stray subfolder)
         if not obj.caption:
             raise ValueError(f"object folder {folder!r} has no caption; a captioner needs every object's caption")
-        rgba = read_rgba(obj.images[0])
-        rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])  # over white, as the pipeline takes references
-        images.append(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1) * 2 - 1)
+        images.append(rgba_to_tensors(read_rgba(obj.images[0])[None])[0][0])  # over white, as references are taken
         captions.append(obj.caption)
         colours.append(_object_colour(folder))
     if not captions:

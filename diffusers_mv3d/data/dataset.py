@@ -20,7 +20,7 @@ from ..cameras import Cameras
 from .format import ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras, view_name
 
 
-def _to_tensors(rgba: np.ndarray, resolution: Optional[int]):
+def rgba_to_tensors(rgba: np.ndarray, resolution: Optional[int] = None):
     """``[V, H, W, 4]`` straight RGBA in 0..1 -> (images ``[V, 3, h, w]`` in [-1, 1] over white, masks ``[V, 1, h, w]``).
 
     The mask is 1 where the (resized) alpha, the pixel's coverage, is at least 0.5.
@@ -178,7 +178,7 @@ class MultiViewDataset(_SkippingDataset):
             if rgb.shape[:2] != tuple(size):
                 raise ObjectFolderError(path, f"is {rgb.shape[0]} x {rgb.shape[1]}, expected {size[0]} x {size[1]}")
             rgba.append(np.concatenate([rgb, np.ones_like(rgb[..., :1])], -1))
-        return _to_tensors(np.stack(rgba), self.resolution)[0]
+        return rgba_to_tensors(np.stack(rgba), self.resolution)[0]
 
     def _load(self, folder: ObjectFolder) -> Dict:
         """Decode and check one object's views."""
@@ -188,7 +188,7 @@ class MultiViewDataset(_SkippingDataset):
         first = read_rgba(paths[0], size)
         size = first.shape[:2]  # zero123: the other views must match the first one
         rgba = np.stack([first] + [read_rgba(path, size) for path in paths[1:]])
-        images, masks = _to_tensors(rgba, self.resolution)
+        images, masks = rgba_to_tensors(rgba, self.resolution)
         n = len(inputs)
         item = {
             "images": images[:n],
@@ -291,7 +291,7 @@ class ImageTextDataset(_SkippingDataset):
                 rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
         except (OSError, ValueError, SyntaxError) as error:
             raise ObjectFolderError(path, f"cannot decode image ({error})") from error
-        pixels, _ = _to_tensors(rgba[None], self.resolution)
+        pixels, _ = rgba_to_tensors(rgba[None], self.resolution)
         return {
             "pixel_values": pixels[0],
             "caption": record["text"],
