@@ -11,8 +11,9 @@ that the source object shares. Rows:
 * ``ground truth``: the object's own caption (1 everywhere: the ceiling);
 * ``negative control``: the caption of a random training object of the classifier's colour.
 
-The objects are ``objects3d`` from index 1,000,000 + ``--first`` (the training renders use the first
-few thousand; never the test set ``eval3d``).
+The objects are tuning objects (:func:`~diffusers_mv3d.data.splits.tuning_objects`: ``objects3d``
+from index 1,000,000 on that none of the first ``--seen-objects3d`` objects, the training renders and
+the captioner's index, equals; skipping ``--first``; never the test set ``eval3d``).
 
     python benchmarks/score_captioner.py --data data/objects3d --objects 200 --num-threads 1
 """
@@ -27,12 +28,10 @@ import torch
 
 from diffusers_mv3d.cameras import default_cameras
 from diffusers_mv3d.captioning import build_captioner
-from diffusers_mv3d.data.splits import split_object
+from diffusers_mv3d.data.splits import tuning_objects
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier, classify
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER
 from diffusers_mv3d.evaluation.variants import render_object
-
-FIRST_UNSEEN_INDEX = 1_000_000
 
 
 def agreement(obj, source: Dict) -> List[float]:
@@ -65,6 +64,8 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=200, help="unseen objects3d objects")
     parser.add_argument("--first", type=int, default=16,
                         help="skip this many unseen objects (the first 16 are score_reconstructor.py's)")
+    parser.add_argument("--seen-objects3d", type=int, default=2000,
+                        help="skip objects equal to one of the first this many objects3d objects (--data's); 0: none")
     parser.add_argument("--num-threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0, help="seeds the negative control's draws")
     parser.add_argument("--key-size", type=int, default=16, help="the captioner's key side (build-captioner --key-size)")
@@ -79,7 +80,8 @@ def main() -> None:
         raise SystemExit(f"{args.data}: object.json captions differ from caption.txt; re-render the folder")
     classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
     cameras = default_cameras(8, 32)
-    objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + args.first + i)[1] for i in range(args.objects)]
+    picked = tuning_objects(args.objects, args.first, args.seen_objects3d)
+    objects = [obj for _, obj in picked]
     images = torch.stack([render_object(obj, cameras)[0] for obj in objects]) * 2 - 1  # view 0 on white
     category_logits, colour_logits = classify(classifier, images)
     categories = [classifier.config.categories[i] for i in category_logits.argmax(-1).tolist()]
@@ -96,7 +98,8 @@ def main() -> None:
         pool = [o for o in training if o["colour"] == colour] or training
         control.append(agreement(obj, pool[int(rng.integers(len(pool)))]))
 
-    print(f"{args.objects} unseen objects3d objects (indices {FIRST_UNSEEN_INDEX + args.first}+), view 0 at 32 px; "
+    print(f"{args.objects} tuning objects ({picked[0][0]} to {picked[-1][0]}, none equal to the first "
+          f"{args.seen_objects3d} objects3d objects), view 0 at 32 px; "
           f"captioner of the {len(training)} objects in {args.data}\n")
     print("| auto-caption | category | colour | shape attributes shared |\n|---|---|---|---|")
     print(row("retrieval captioner (pipeline default)", retrieval))

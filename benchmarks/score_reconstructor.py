@@ -1,8 +1,9 @@
 """Score mesh reconstructors (§3.5) on unseen tuning objects: volume IoU and Chamfer-L1 of their meshes.
 
-The objects are ``objects3d`` objects from index 1,000,000 on (the training renders use the first few
-thousand; the evaluation's image-to-multiview objects are ``eval3d``, the test set, never used here).
-Each object is rendered at the pipeline's default cameras (8 views, elevation 20) and meshed from:
+The objects are tuning objects (:func:`~diffusers_mv3d.data.splits.tuning_objects`: ``objects3d``
+objects from index 1,000,000 on that none of the first ``--seen-objects3d`` objects, the training
+renders, equals; the evaluation's image-to-multiview objects are ``eval3d``, the test set, never used
+here). Each object is rendered at the pipeline's default cameras (8 views, elevation 20) and meshed from:
 
 - ``white``: the renders as the training data has them (the reconstructor's ceiling);
 - ``tinted``: the same renders recomposited over a random colour a view (what a young branch's
@@ -32,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from diffusers_mv3d.cameras import default_cameras
-from diffusers_mv3d.data.splits import split_object
+from diffusers_mv3d.data.splits import tuning_objects
 from diffusers_mv3d.captioning import RetrievalCaptioner, caption_references
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier
 from diffusers_mv3d.evaluation.consistency import foreground_masks, mask_iou
@@ -43,7 +44,6 @@ from diffusers_mv3d.mesh import CARVE_CONTOUR, mesh_from_neus
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
 
-FIRST_UNSEEN_INDEX = 1_000_000
 INPUTS = ("white", "tinted", "generated", "negative-control")
 
 
@@ -100,7 +100,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="folders holding reconstructor/")
     parser.add_argument("--objects", type=int, default=16, help="unseen objects3d objects (default 16)")
-    parser.add_argument("--first", type=int, default=0, help="skip this many unseen objects (default 0)")
+    parser.add_argument("--first", type=int, default=0, help="skip this many tuning objects (default 0)")
+    parser.add_argument("--seen-objects3d", type=int, default=2000,
+                        help="skip objects equal to one of the first this many objects3d objects (the training "
+                             "renders; default 2000; 0: take them as they come, as before 2026-12-04)")
     parser.add_argument("--pipeline", default=None, help="a TuneMV3D pipeline folder for the generated input")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
     parser.add_argument("--consistency-ratio", type=float, default=None,
@@ -151,8 +154,8 @@ def main() -> None:
     cfg = EvaluationConfig(model=args.models[0], **mesh_settings)  # only its mesh settings are read
     cameras = default_cameras(8, size)
     generator = torch.Generator().manual_seed(args.seed)
-    first = FIRST_UNSEEN_INDEX + args.first
-    objects = [split_object("objects3d", first + i)[1] for i in range(args.objects)]
+    picked = tuning_objects(args.objects, args.first, args.seen_objects3d)
+    objects = [obj for _, obj in picked]
     renders = [{"views": rgba[:, :3], "masks": rgba[:, 3:]}
                for rgba in (render_object(obj, cameras, alpha=True) for obj in objects)]
     inputs = {"white": [r["views"] for r in renders],
@@ -198,7 +201,8 @@ def main() -> None:
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
             rows.append(f"| {name} | {source} | {'-' if contour is None else contour} | {mean['volume_iou']:.3f} | {chamfer:.4f} | {int(mean['failed'] * len(scores))} |")
             print(rows[-1], flush=True)
-    print(f"\n{args.objects} unseen objects3d objects (indices {first}+), 8 views at {size} px, "
+    print(f"\n{args.objects} tuning objects ({picked[0][0]} to {picked[-1][0]}, none equal to the first "
+          f"{args.seen_objects3d} objects3d objects), 8 views at {size} px, "
           f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}, "
           f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
     print("| reconstructor | input views | carve contour | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|---|")

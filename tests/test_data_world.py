@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from diffusers_mv3d.data import CATEGORIES, PALETTE, SPLITS, generate_object, is_in_3d_split, split_objects
-from diffusers_mv3d.data.splits import HELD_OUT_CATEGORIES, HELD_OUT_COLOURS, HELD_OUT_PAIRS, split_entry
+from diffusers_mv3d.data.splits import (HELD_OUT_CATEGORIES, HELD_OUT_COLOURS, HELD_OUT_PAIRS, split_entry,
+                                       split_fingerprints, split_object, tuning_objects,
+                                       unseen_split_objects)
 
 
 def test_palette_and_categories():
@@ -96,11 +98,42 @@ def test_splits_respect_the_3d_combinations():
     assert not is_in_3d_split("chair", HELD_OUT_COLOURS[0]) and is_in_3d_split("chair", "red")
 
 
-def test_eval_objects_never_in_a_training_split():
+def test_eval_seeds_never_in_a_training_split():
     seeds = {name: {split_entry(name, i, seed)[3] for i in range(300) for seed in (0, 1)} for name in SPLITS}
     for train in ("chairs3d", "objects3d", "foundation2d"):
         assert not seeds["eval3d"] & seeds[train]
     assert len(seeds["eval3d"]) == 600
+
+
+def test_fingerprints_tell_contents_apart_and_find_repeats_across_seeds():
+    obj = generate_object("airplane", 3, "red")
+    assert obj.fingerprint() == generate_object("airplane", 3, "red").fingerprint()
+    assert obj.fingerprint() != generate_object("airplane", 3, "blue").fingerprint()  # same shape, other colour
+    assert generate_object("chair", 1).fingerprint() != generate_object("chair", 2).fingerprint()
+    # airplanes draw only wings x engines x trim colour: among 40 seeds some repeat exactly
+    prints = [generate_object("airplane", seed, "red").fingerprint() for seed in range(40)]
+    assert len(set(prints)) < len(prints)
+    # and so do objects of different splits: eval3d holds objects equal to training ones
+    seen = split_fingerprints("objects3d", 2000)
+    eval_prints = [split_object("eval3d", i)[1].fingerprint() for i in range(40)]
+    assert 0 < sum(p in seen for p in eval_prints) < 40
+
+
+def test_unseen_split_objects_skips_what_a_training_set_holds():
+    seen = split_fingerprints("objects3d", 2000)
+    unseen = unseen_split_objects("eval3d", 5, seen)
+    assert len(unseen) == 5 and not {obj.fingerprint() for _, obj in unseen} & seen
+    indices = [int(object_id[:6]) for object_id, _ in unseen]
+    assert indices == sorted(indices)
+    skipped = [i for i in range(indices[-1]) if i not in indices]
+    assert skipped and all(split_object("eval3d", i)[1].fingerprint() in seen for i in skipped)
+    assert [i for i, _ in unseen_split_objects("eval3d", 3, frozenset())] == [i for i, _ in split_objects("eval3d", 3)]
+    tuning = tuning_objects(3, first=1)
+    assert [i for i, _ in tuning] == [i for i, _ in tuning_objects(4)][1:]
+    assert all(int(i.split("-")[0]) >= 1_000_000 for i, _ in tuning) and not {o.fingerprint() for _, o in tuning} & seen
+    everything = {obj.fingerprint() for _, obj in split_objects("eval3d", 30)}
+    with pytest.raises(ValueError, match="hold .* unseen ones, fewer than the 40 asked for"):
+        unseen_split_objects("eval3d", 40, everything, max_scan=30)
 
 
 def test_split_objects_is_deterministic_and_prefix_stable():

@@ -213,7 +213,7 @@ def test_evaluate_command_writes_every_variant(tiny_folder, tmp_path):
 
 
 def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_folder):
-    from diffusers_mv3d.data.splits import split_objects
+    from diffusers_mv3d.data.splits import split_fingerprints, split_objects, unseen_split_objects
     from diffusers_mv3d.evaluation.classifier import caption_images
     from diffusers_mv3d.evaluation.evaluate import image_to_multiview
     from diffusers_mv3d.evaluation.variants import render_object
@@ -223,12 +223,20 @@ def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_fol
     classifier = AttributeClassifier.from_pretrained(tiny_folder / "classifier")
     settings = dict(model="in-memory", views=4, steps=1, image_to_multiview=1, mesh_resolution=16,
                     mesh_iou_resolution=16, chamfer_points=200)
-    (_, obj), = split_objects("eval3d", 1)
+    # the first eval3d object that none of the first 2000 objects3d objects (the training renders) equals
+    (object_id, obj), = unseen_split_objects("eval3d", 1, split_fingerprints("objects3d", 2000))
+    (first_id, first), = split_objects("eval3d", 1)
+    assert first_id != object_id  # eval3d object 0 repeats a training object: skipped
     reference = render_object(obj, default_cameras(4, pipe.image_size))[:1]
     for flags, expected in (({}, None), ({"image_to_multiview_caption": True}, obj.caption),
                             ({"image_to_multiview_auto_caption": True}, caption_images(classifier, reference * 2 - 1)[0])):
         record, = image_to_multiview(pipe, EvaluationConfig(**settings, **flags), 0, classifier)["objects"]
-        assert record["prompt"] == expected
+        assert record["prompt"] == expected and record["object_id"] == object_id
+    record, = image_to_multiview(pipe, EvaluationConfig(**settings, seen_objects3d=0, image_to_multiview_caption=True),
+                                 0, classifier)["objects"]
+    assert (record["object_id"], record["prompt"]) == (first_id, first.caption)
+    with pytest.raises(ValueError, match="--seen-objects3d must be >= 0"):
+        EvaluationConfig(**settings, seen_objects3d=-1)
     # a pipeline with a captioner: its caption, in the classifier's colour
     from diffusers_mv3d.captioning import RetrievalCaptioner, caption_references
 

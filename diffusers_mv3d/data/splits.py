@@ -8,13 +8,16 @@
 * ``eval3d``: held-out objects of the 3D-allowed combinations, for image-to-multiview evaluation.
 
 Each split draws its objects from its own seed range (:attr:`Split.code` fills the top bits of the
-object seed), so an object of one split never appears in another; in particular no ``eval3d``
-object is in a training split. Object ``index`` of a split depends only on ``(name, seed, index)``,
-not on how many objects are asked for, so a larger render extends a smaller one.
+object seed), so no seed of one split is in another. Object ``index`` of a split depends only on
+``(name, seed, index)``, not on how many objects are asked for, so a larger render extends a smaller
+one. Seeds are not contents, though: several categories draw only a few discrete attributes, so
+objects of different seeds, and of different splits, can be identical (45% of ``eval3d`` objects
+equal one of the first 2000 ``objects3d`` objects). :func:`unseen_split_objects` picks the objects
+whose content (:meth:`~.world.ProceduralObject.fingerprint`) a training set does not hold.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import AbstractSet, Dict, FrozenSet, Iterator, List, Tuple
 
 import numpy as np
 
@@ -30,6 +33,7 @@ HELD_OUT_PAIRS = frozenset(  # one more colour a category, never in 3D data
         ("bed", "orange"), ("bench", "red"), ("airplane", "purple"),
     }
 )
+TUNING_START = 1_000_000  # objects3d indices from here on are for tuning (training renders take the first thousands)
 _SEED_BITS = 48  # object seeds of split ``code`` lie in [code * 2**48, (code + 1) * 2**48)
 
 
@@ -113,3 +117,44 @@ def split_objects(name: str, num_objects: int, seed: int = 0) -> Iterator[Tuple[
     if num_objects < 0:
         raise ValueError(f"num_objects must be non-negative, got {num_objects}")
     return (split_object(name, index, seed) for index in range(num_objects))
+
+
+def split_fingerprints(name: str, num_objects: int, seed: int = 0) -> FrozenSet[str]:
+    """The fingerprints of the first ``num_objects`` objects of split ``name``: the contents a model
+    trained on ``diffusers-mv3d render --split name --num-objects num_objects`` has seen."""
+    return frozenset(obj.fingerprint() for _, obj in split_objects(name, num_objects, seed))
+
+
+def unseen_split_objects(name: str, num_objects: int, seen: AbstractSet[str], seed: int = 0, start: int = 0,
+                         max_scan: int = 100000) -> List[Tuple[str, ProceduralObject]]:
+    """The first ``num_objects`` objects of split ``name`` from index ``start`` on, in index order, whose
+    fingerprint is not in ``seen`` (e.g. :func:`split_fingerprints` of a training set): objects a model
+    trained on that set has never seen, although other seeds may have drawn them.
+
+    Raises:
+        ValueError: when the ``max_scan`` objects from ``start`` hold fewer than ``num_objects`` unseen ones.
+    """
+    if num_objects < 0:
+        raise ValueError(f"num_objects must be non-negative, got {num_objects}")
+    found: List[Tuple[str, ProceduralObject]] = []
+    for index in range(start, start + max_scan):
+        if len(found) == num_objects:
+            break
+        object_id, obj = split_object(name, index, seed)
+        if obj.fingerprint() not in seen:
+            found.append((object_id, obj))
+    if len(found) < num_objects:
+        raise ValueError(f"the {max_scan} objects of split {name!r} from index {start} hold {len(found)} unseen ones, "
+                         f"fewer than the {num_objects} asked for")
+    return found
+
+
+def tuning_objects(num_objects: int, first: int = 0, seen_objects3d: int = 2000) -> List[Tuple[str, ProceduralObject]]:
+    """Objects to tune on (never the test set ``eval3d``): ``objects3d`` objects from index
+    :data:`TUNING_START` on that none of the first ``seen_objects3d`` ``objects3d`` objects (the
+    training renders) equals, skipping the first ``first`` of them. ``seen_objects3d=0`` takes them
+    as they come."""
+    if first < 0:
+        raise ValueError(f"first must be non-negative, got {first}")
+    seen = split_fingerprints("objects3d", seen_objects3d)
+    return unseen_split_objects("objects3d", first + num_objects, seen, start=TUNING_START)[first:]

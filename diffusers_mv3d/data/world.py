@@ -13,6 +13,7 @@ vertex at :data:`~.shapes.OBJECT_RADIUS` (0.9).
 the mini-Objaverse analogue.
 """
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -43,6 +44,19 @@ class ProceduralObject:
     category: str
     colour: str
     attributes: Dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of what the object is: its category, vertices (to 1e-5), faces and face colours.
+
+        Objects of different seeds can come out identical (several categories draw only a few
+        discrete attributes), so seeds alone do not keep two sets of objects apart; fingerprints do
+        (:func:`~.splits.unseen_split_objects`).
+        """
+        digest = hashlib.sha256(self.category.encode())
+        digest.update((np.round(np.asarray(self.mesh.vertices, dtype=np.float64), 5) + 0.0).tobytes())  # + 0.0: no -0.0
+        digest.update(np.asarray(self.mesh.faces, dtype=np.int64).tobytes())
+        digest.update(np.asarray(self.mesh.visual.face_colors, dtype=np.uint8).tobytes())
+        return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- captions

@@ -45,7 +45,7 @@ Variants (one flag value each, all on the same prompts, seeds and initial noise)
 =====================  ===========================================================================
 
 With ``image_to_multiview = N`` it also runs image-to-multiview on the first N ``eval3d`` objects
-(:func:`image_to_multiview`): view 0 of the ground-truth renders is the reference; the other views
+that no training render equals (``seen_objects3d``; :func:`image_to_multiview`): view 0 of the ground-truth renders is the reference; the other views
 are scored against the renders (PSNR, SSIM) and the mesh against the object's mesh (Chamfer-L1,
 volume IoU: :func:`chamfer_l1`, :func:`volume_iou`).
 
@@ -84,7 +84,7 @@ import numpy as np
 import torch
 
 from ..cameras import default_cameras
-from ..data.splits import split_objects
+from ..data.splits import split_fingerprints, unseen_split_objects
 from ..io_utils import atomic_write
 from ..threads import torch_threads
 from ..training.config import add_dataclass_arguments, config_to_dict, resolve_or_exit
@@ -305,7 +305,8 @@ def summarize(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=None) -> Dict[str, Any]:
-    """Image-to-multiview (§3.4) on the first ``cfg.image_to_multiview`` held-out ``eval3d`` objects.
+    """Image-to-multiview (§3.4) on the first ``cfg.image_to_multiview`` held-out ``eval3d`` objects that
+    none of the first ``cfg.seen_objects3d`` ``objects3d`` objects (the training renders) equals.
 
     Each object is rendered at the ``cfg.views`` default cameras; view 0 is given as ``image=``; the
     other views are scored against the renders (PSNR, SSIM), and the mesh (``return_mesh=True``)
@@ -325,7 +326,7 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
         raise ValueError("--image-to-multiview-auto-caption needs the attribute classifier (--classifier DIR)")
     cameras = default_cameras(cfg.views, pipe.image_size)
     records = []
-    objects = list(split_objects("eval3d", cfg.image_to_multiview))
+    objects = unseen_split_objects("eval3d", cfg.image_to_multiview, split_fingerprints("objects3d", cfg.seen_objects3d))
     renders = [render_object(obj, cameras) for _, obj in objects]  # [V, 3, H, W] in [0, 1]
     for index, ((object_id, obj), target) in enumerate(zip(objects, renders)):
         prompt = obj.caption if cfg.image_to_multiview_caption else None

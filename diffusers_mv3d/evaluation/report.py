@@ -80,7 +80,8 @@ def markdown_report(results: Dict[str, Any], command: str) -> str:
         mean = i2mv["mean"]
         lines += [
             "",
-            f"### Image-to-multiview ({len(i2mv['objects'])} held-out eval3d objects, view 0 given, views 1-{cfg['views'] - 1} scored)",
+            f"### Image-to-multiview ({len(i2mv['objects'])} held-out eval3d objects{_unseen(cfg)}, view 0 given, "
+            f"views 1-{cfg['views'] - 1} scored)",
             "",
             "| method | PSNR dB | SSIM | Chamfer-L1 | volume IoU | s / object |",
             "|---|---|---|---|---|---|",
@@ -100,6 +101,12 @@ def markdown_report(results: Dict[str, Any], command: str) -> str:
             "reconstructor (its ceiling); negative control: the next object's renders meshed.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _unseen(cfg: Dict[str, Any]) -> str:
+    """Which training renders the image-to-multiview objects differ from (older results: none checked)."""
+    seen = cfg.get("seen_objects3d", 0)
+    return f" unlike the first {seen} objects3d objects" if seen else ""
 
 
 def _i2mv_prompt(cfg: Dict[str, Any], i2mv: Dict[str, Any]) -> str:

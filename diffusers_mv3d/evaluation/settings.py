@@ -160,6 +160,8 @@ class EvaluationConfig:
     """Voxels a side of the reconstruction PSNR's field."""
     image_to_multiview: int = 0
     """Also run image-to-multiview on this many held-out eval3d objects (0: skip)."""
+    seen_objects3d: int = 2000
+    """Image-to-multiview takes only eval3d objects that none of the first this many objects3d objects equals (the model's 3D training renders; the embedded default's are `render --split objects3d --num-objects 2000`): the world repeats objects across seeds. 0: the first eval3d objects as they come."""
     image_to_multiview_caption: bool = False
     """Give the object's caption with the reference image (default: the image alone)."""
     image_to_multiview_auto_caption: bool = False
@@ -197,6 +199,8 @@ class EvaluationConfig:
             raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {self.num_threads}")
         if self.image_to_multiview < 0:
             raise ValueError(f"--image-to-multiview must be >= 0, got {self.image_to_multiview}")
+        if self.seen_objects3d < 0:
+            raise ValueError(f"--seen-objects3d must be >= 0 (0: no check), got {self.seen_objects3d}")
         if self.image_to_multiview_caption and self.image_to_multiview_auto_caption:
             raise ValueError("--image-to-multiview-caption and --image-to-multiview-auto-caption exclude each other "
                              "(the object's caption, or the one made from its image)")

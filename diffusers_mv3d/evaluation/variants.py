@@ -209,8 +209,8 @@ def ground_truth_object(prompt: EvalPrompt, index: int = 0) -> Tuple[str, Proced
     """``(object_id, object)``: the ``index``-th held-out ``eval3d`` object of the prompt's category and colour.
 
     For an out-of-split prompt (no 3D split holds its category or colour) it is the prompt's
-    category and colour built from the seed of the ``index``-th ``eval3d`` entry: a shape in the
-    held-out seed range, never in any training split.
+    category and colour built from the seed of the ``index``-th ``eval3d`` entry: a seed of the
+    held-out range (a reference, like the in-split objects: its content may equal a training object's).
     """
     if prompt.in_split:
         found = 0
