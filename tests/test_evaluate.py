@@ -212,7 +212,7 @@ def test_evaluate_command_writes_every_variant(tiny_folder, tmp_path):
     assert len(results["objects"]) == 2 * len(DEFAULT_VARIANTS)
 
 
-def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_folder):
+def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_folder, tmp_path):
     from diffusers_mv3d.data.splits import split_fingerprints, split_objects, unseen_split_objects
     from diffusers_mv3d.evaluation.classifier import caption_images
     from diffusers_mv3d.evaluation.evaluate import image_to_multiview
@@ -233,8 +233,16 @@ def test_image_to_multiview_prompts_none_the_caption_or_an_auto_caption(tiny_fol
         record, = image_to_multiview(pipe, EvaluationConfig(**settings, **flags), 0, classifier)["objects"]
         assert record["prompt"] == expected and record["object_id"] == object_id
     record, = image_to_multiview(pipe, EvaluationConfig(**settings, seen_objects3d=0, image_to_multiview_caption=True),
-                                 0, classifier)["objects"]
+                                 0, classifier, views_dir=str(tmp_path))["objects"]
     assert (record["object_id"], record["prompt"]) == (first_id, first.caption)
+    # the saved rows: the generated views begin with the reference, exactly (clamped), beside the renders
+    from PIL import Image
+
+    row = np.asarray(Image.open(tmp_path / "image-to-multiview" / f"{first_id}.png"))
+    renders = np.asarray(Image.open(tmp_path / "image-to-multiview" / f"{first_id}-renders.png"))
+    size = pipe.image_size
+    assert row.shape == renders.shape == (size, 4 * size, 3)
+    assert np.array_equal(row[:, :size], renders[:, :size])
     with pytest.raises(ValueError, match="--seen-objects3d must be >= 0"):
         EvaluationConfig(**settings, seen_objects3d=-1)
     # a pipeline with a captioner: its caption, in the classifier's colour

@@ -260,7 +260,7 @@ def _evaluate(cfg: EvaluationConfig, views_dir: Optional[str], pipe) -> Dict[str
                     _save_views(images, Path(views_dir) / variant / f"{p:02d}-s{seed}.png")
         _log(f"evaluate: {variant}: {len(prompts) * len(seeds)} objects in {time.perf_counter() - start_variant:.1f} s")
 
-    i2mv = image_to_multiview(pipe, cfg, seeds[0], classifier) if cfg.image_to_multiview else None
+    i2mv = image_to_multiview(pipe, cfg, seeds[0], classifier, views_dir) if cfg.image_to_multiview else None
     return {
         "config": config_to_dict(cfg),
         "prompts": [dict(asdict(p), in_split=p.in_split) for p in prompts],
@@ -304,7 +304,8 @@ def summarize(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             for name, group in groups.items()}
 
 
-def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=None) -> Dict[str, Any]:
+def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=None,
+                       views_dir: Optional[str] = None) -> Dict[str, Any]:
     """Image-to-multiview (§3.4) on the first ``cfg.image_to_multiview`` held-out ``eval3d`` objects that
     none of the first ``cfg.seen_objects3d`` ``objects3d`` objects (the training renders) equals.
 
@@ -318,6 +319,8 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
     none, the object's caption (``image_to_multiview_caption``) or the reference's auto-caption
     (``image_to_multiview_auto_caption``, :func:`~diffusers_mv3d.captioning.caption_references`: the
     pipeline's ``captioner`` in the ``classifier``'s colour, or the ``classifier``'s caption without one).
+    With ``views_dir``, each object's views (view 0 the reference) are saved as
+    ``image-to-multiview/{object_id}.png`` and its renders beside them as ``{object_id}-renders.png``.
     """
     from ..captioning import caption_references
 
@@ -345,6 +348,9 @@ def image_to_multiview(pipe, cfg: EvaluationConfig, seed: int = 0, classifier=No
             out, mesh = pipe(**arguments, generator=torch.Generator().manual_seed(seed)), None
         seconds = time.perf_counter() - start
         images = out.images.cpu()
+        if views_dir is not None:
+            _save_views(images, Path(views_dir) / "image-to-multiview" / f"{object_id}.png")
+            _save_views(target, Path(views_dir) / "image-to-multiview" / f"{object_id}-renders.png")
         psnr, ssim = image_psnr_ssim(images[1:], target[1:])
         copied_psnr, copied_ssim = image_psnr_ssim(target[:1].expand_as(target[1:]), target[1:])
         chamfer, iou = _mesh_scores(mesh, obj.mesh, cfg)
