@@ -45,9 +45,9 @@ Variants (one flag value each, all on the same prompts, seeds and initial noise)
 =====================  ===========================================================================
 
 With ``image_to_multiview = N`` it also runs image-to-multiview on the first N ``eval3d`` objects
-that no training render equals (``seen_objects3d``; :func:`image_to_multiview`): view 0 of the ground-truth renders is the reference; the other views
-are scored against the renders (PSNR, SSIM) and the mesh against the object's mesh (Chamfer-L1,
-volume IoU: :func:`chamfer_l1`, :func:`volume_iou`).
+that no training render equals (``seen_objects3d``; :func:`image_to_multiview`): view 0 of the
+ground-truth renders is the reference; the other views are scored against the renders (PSNR, SSIM)
+and the mesh against the object's mesh (Chamfer-L1, volume IoU: :func:`chamfer_l1`, :func:`volume_iou`).
 
 The prompt set is ``benchmarks/prompts.py`` (``PROMPTS``, ``SEEDS``) unless ``--prompts`` names
 another ``.py`` or a ``.json`` list of ``{"text", "category", "colour"}``.
