@@ -335,3 +335,25 @@ def test_render_object_gives_the_coverage_as_a_fourth_channel_on_request():
     coverage = rgba[:, 3]
     assert coverage.min() == 0 and coverage.max() == 1  # background and object
     assert torch.all(rgb[0][:, coverage[0] == 0] == 1)  # uncovered pixels are white
+
+
+def test_compose_views_stacks_image_to_multiview_rows_above_their_renders(tmp_path):
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("compose_views", REPO / "benchmarks" / "compose_views.py")
+    compose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compose)
+    folder = tmp_path / "views" / "image-to-multiview"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 2), (255, 0, 0)).save(folder / "000002-lamp-cyan.png")
+    Image.new("RGB", (8, 2), (0, 0, 255)).save(folder / "000002-lamp-cyan-renders.png")
+    out = tmp_path / "sheet.png"
+    assert compose.main(["--views-dir", str(tmp_path / "views"), "--image-to-multiview", "--scale", "3",
+                         "--out", str(out)]) == 0
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (2 * 2 * 3, 130 + 8 * 3, 3)
+    assert tuple(sheet[0, -1]) == (255, 0, 0) and tuple(sheet[-1, -1]) == (0, 0, 255)  # generated, then renders
+    with pytest.raises(SystemExit):
+        compose.main(["--views-dir", str(tmp_path), "--image-to-multiview", "--out", str(out)])  # no such views
+    with pytest.raises(SystemExit):
+        compose.main(["--views-dir", str(tmp_path / "views"), "--out", str(out)])  # neither mode
