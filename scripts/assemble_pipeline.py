@@ -48,9 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     parser.add_argument("--consistency-ratio", type=float, default=0.5,
                         help="K: fraction of the sampling steps that use consistency guidance (saved in the scheduler)")
-    parser.add_argument("--reference-consistency-ratio", type=float, default=None,
-                        help="K when views are clamped references (image-to-multiview); default: --consistency-ratio "
-                             "(saved in the scheduler)")
     parser.add_argument("--consistency-scale", type=float, default=7.5,
                         help="alpha of eq. 4 (saved in the scheduler)")
     parser.add_argument("--eta", type=float, default=0.0,
@@ -83,8 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         pipe = assemble_pipeline(
             args.base, branch=args.branch, reconstructor=args.reconstructor, out=args.out, controlnet=args.controlnet,
-            consistency_ratio=args.consistency_ratio, reference_consistency_ratio=args.reference_consistency_ratio,
-            consistency_scale=args.consistency_scale, eta=args.eta,
+            consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale, eta=args.eta,
             guidance_scale=args.guidance_scale,
             neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,

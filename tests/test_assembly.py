@@ -189,8 +189,7 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
 
     command = [sys.executable, str(ASSEMBLE), "--base", str(if_base), "--branch", str(branch), "--reconstructor",
                str(tmp_path / "recon"), "--out", str(out), "--consistency-ratio", "0.25", "--consistency-scale", "2.0",
-               "--neus-render-resolution", "8", "--guidance-scale", "1", "--captioner", str(tmp_path / "captioner"),
-               "--reference-consistency-ratio", "0"]
+               "--neus-render-resolution", "8", "--guidance-scale", "1", "--captioner", str(tmp_path / "captioner")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -201,9 +200,8 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
     assert_state_equal(loaded.reconstructor, reconstructor)
     assert_state_equal(loaded.captioner, captioner) and loaded.captioner.config.captions == ["a tall red lamp", "a blue mug"]
     assert loaded.scheduler.config.consistency_ratio == 0.25 and loaded.scheduler.config.consistency_scale == 2.0
-    assert loaded.scheduler.config.guidance_scale == 1.0 and loaded.scheduler.config.reference_consistency_ratio == 0.0
+    assert loaded.scheduler.config.guidance_scale == 1.0
     card = (out / "README.md").read_text()
-    assert "K = 0.25 (0.0 with reference views)" in card
     assert str(branch) in card and "--consistency-ratio 0.25" in card and "trained" in card
     assert "--guidance-scale 1" in card and "guidance_scale=1.0" in card  # the command and the usage example
     assert "fresh (untrained)" not in card
@@ -331,8 +329,7 @@ def test_recorded_command_parses_back_to_the_same_arguments():
 
     command = assemble_command("owner/base", "out dir", branch="runs/b/model", reconstructor="runs/r/model",
                                consistency_ratio=0.25, consistency_scale=2.0, neus_render_resolution=0, seed=3,
-                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5, captioner="runs/c",
-                               reference_consistency_ratio=0.0)
+                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5, captioner="runs/c")
     words = shlex.split(command)
     assert words[:2] == ["python", "scripts/assemble_pipeline.py"]
     args = load_script(ASSEMBLE).build_parser().parse_args(words[2:])
@@ -340,9 +337,7 @@ def test_recorded_command_parses_back_to_the_same_arguments():
         ("owner/base", "out dir", "runs/b/model", "runs/r/model", None)
     assert (args.consistency_ratio, args.consistency_scale, args.neus_render_resolution, args.seed) == (0.25, 2.0, 0, 3)
     assert args.push_to_hub == "me/repo" and args.overwrite and not args.private and args.eta == 1.0
-    assert args.guidance_scale == 1.5 and args.captioner == "runs/c" and args.reference_consistency_ratio == 0.0
-    plain = shlex.split(assemble_command("owner/base", "out"))
-    assert load_script(ASSEMBLE).build_parser().parse_args(plain[2:]).reference_consistency_ratio is None
+    assert args.guidance_scale == 1.5 and args.captioner == "runs/c"
 
 
 # ---------------------------------------------------------------------------- ControlNet conversion

@@ -83,19 +83,6 @@ def test_save_load_keeps_inner_config_and_guidance(tmp_path):
     assert loaded.inner.config.beta_schedule == "squaredcos_cap_v2"
 
 
-def test_reference_consistency_ratio_applies_only_with_references(tmp_path):
-    scheduler = ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), consistency_ratio=1.0, reference_consistency_ratio=0.0)
-    assert scheduler.consistency_steps(10) == set(range(10))
-    assert scheduler.consistency_steps(10, with_references=True) == set()
-    assert scheduler.consistency_steps(10, 0.5, with_references=True) == {0, 2, 4, 6, 8}  # a call's K wins
-    scheduler.save_pretrained(tmp_path)
-    assert ConsistencyGuidanceScheduler.from_pretrained(tmp_path).consistency_steps(4, with_references=True) == set()
-    unset = ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), consistency_ratio=0.5)  # older folders: none saved
-    assert unset.consistency_steps(4, with_references=True) == unset.consistency_steps(4) == {0, 2}
-    with pytest.raises(ValueError, match="consistency_ratio must lie in"):
-        ConsistencyGuidanceScheduler.wrap(DDIMScheduler(), reference_consistency_ratio=1.5)
-
-
 @pytest.mark.parametrize("inner", [DPMSolverMultistepScheduler, EulerDiscreteScheduler])
 def test_other_inner_schedulers_run_a_loop(inner):
     scheduler = ConsistencyGuidanceScheduler.wrap(inner(), consistency_ratio=0.5)

@@ -77,18 +77,6 @@ def test_consistency_ratio_zero_is_plain_and_positive_changes(pipe):
     assert not np.allclose(guided, plain)
 
 
-def test_reference_consistency_ratio_is_image_to_multiviews_default():
-    pipe = tiny_pipeline()
-    randomize_branch(pipe)
-    reference = PIL.Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8))
-    pipe.scheduler.register_to_config(consistency_ratio=1.0, consistency_scale=3.0, reference_consistency_ratio=0.0)
-    plain_text = run(pipe, consistency_ratio=0.0).images
-    assert not np.allclose(run(pipe).images, plain_text)  # text-to-multiview: K 1
-    plain_image = run(pipe, image=reference, consistency_ratio=0.0).images
-    assert np.array_equal(run(pipe, image=reference).images, plain_image)  # image-to-multiview: K 0
-    assert not np.allclose(run(pipe, image=reference, consistency_ratio=1.0).images, plain_image)  # the call's K wins
-
-
 def test_guidance_scale_defaults_to_the_folders_and_a_round_trip_keeps_it(tmp_path):
     pipe = tiny_pipeline()
     randomize_branch(pipe)

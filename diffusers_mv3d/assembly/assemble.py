@@ -43,7 +43,6 @@ def assemble_pipeline(
     captioner: Optional[PathLike] = None,
     controlnet: Optional[PathLike] = None,
     consistency_ratio: float = 0.5,
-    reference_consistency_ratio: Optional[float] = None,
     consistency_scale: float = 7.5,
     eta: float = 0.0,
     guidance_scale: float = 3.0,
@@ -74,8 +73,6 @@ def assemble_pipeline(
             DDPM), saved in the scheduler's config.
         consistency_ratio, consistency_scale: K and alpha of consistency guidance (§3.3), saved in
             the scheduler's config.
-        reference_consistency_ratio: K when views are clamped references (image-to-multiview), saved
-            in the scheduler's config; ``None``: ``consistency_ratio``.
         guidance_scale: the classifier-free guidance scale the pipeline uses when a call gives none,
             saved in the scheduler's config (1: none; a foundation that follows the prompt without
             guidance, like foundation v2, samples best at 1).
@@ -129,7 +126,7 @@ def assemble_pipeline(
 
     # 3. the inference scheduler: DDIM from the base's schedule, inside consistency guidance
     scheduler = inference_scheduler(parts.scheduler_config, latent, consistency_ratio, consistency_scale, eta,
-                                    guidance_scale, reference_consistency_ratio)
+                                    guidance_scale)
 
     # 4. the pipeline
     pipe = TuneMV3DPipeline(
@@ -143,7 +140,7 @@ def assemble_pipeline(
         command = command or assemble_command(
             base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
             consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite, eta,
-            guidance_scale, captioner, reference_consistency_ratio=reference_consistency_ratio,
+            guidance_scale, captioner,
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
                                reconstructor=reconstructor, captioner=captioner, base_scheduler_class=parts.scheduler_class,

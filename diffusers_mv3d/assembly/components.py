@@ -150,8 +150,8 @@ def load_base(base: PathLike, variant: Optional[str] = None) -> BaseComponents:
 
 
 def inference_scheduler(base_scheduler_config: Dict[str, Any], latent: bool, consistency_ratio: float = 0.5,
-                        consistency_scale: float = 7.5, eta: float = 0.0, guidance_scale: float = 3.0,
-                        reference_consistency_ratio: Optional[float] = None) -> ConsistencyGuidanceScheduler:
+                        consistency_scale: float = 7.5, eta: float = 0.0,
+                        guidance_scale: float = 3.0) -> ConsistencyGuidanceScheduler:
     """``DDIMScheduler.from_config(base scheduler config)`` inside :class:`ConsistencyGuidanceScheduler`.
 
     The base's betas, ``num_train_timesteps``, ``prediction_type``, spacing, clipping and
@@ -165,8 +165,7 @@ def inference_scheduler(base_scheduler_config: Dict[str, Any], latent: bool, con
         config["clip_sample"] = False
     ddim = DDIMScheduler.from_config(config)
     return ConsistencyGuidanceScheduler.wrap(ddim, consistency_ratio=consistency_ratio, consistency_scale=consistency_scale,
-                                             eta=eta, guidance_scale=guidance_scale,
-                                             reference_consistency_ratio=reference_consistency_ratio)
+                                             eta=eta, guidance_scale=guidance_scale)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
                      seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
                      private: bool = False, overwrite: bool = False, eta: float = 0.0,
                      guidance_scale: float = 3.0, captioner: Optional[str] = None,
-                     program: str = ASSEMBLE_SCRIPT, reference_consistency_ratio: Optional[float] = None) -> str:
+                     program: str = ASSEMBLE_SCRIPT) -> str:
     """The ``assemble_pipeline.py`` command line that makes the same folder."""
     words = shlex.split(program) + ["--base", str(base)]
     for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor),
@@ -30,8 +30,6 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
     if out is not None:
         words += ["--out", str(out)]
     words += ["--consistency-ratio", repr(float(consistency_ratio)), "--consistency-scale", repr(float(consistency_scale))]
-    if reference_consistency_ratio is not None:
-        words += ["--reference-consistency-ratio", repr(float(reference_consistency_ratio))]
     if eta:
         words += ["--eta", repr(float(eta))]
     if guidance_scale != 3.0:
@@ -193,9 +191,7 @@ def model_card_text(pipe: TuneMV3DPipeline, base: str, command: str, branch: Opt
         rows.append(("captioner", "RetrievalCaptioner (diffusers_mv3d)", "built, not trained",
                      f"`{captioner}`" + (f", from the view 0 and caption of each object in `{built}`" if built else "")))
     rows.append(("scheduler", "ConsistencyGuidanceScheduler (diffusers_mv3d)", "-",
-                 f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}"
-                 + (f" ({scheduler.reference_consistency_ratio} with reference views)"
-                    if scheduler.get("reference_consistency_ratio") is not None else "") + ", "
+                 f"DDIM from the base's {base_scheduler_class} config; K = {scheduler.consistency_ratio}, "
                  f"alpha = {scheduler.consistency_scale}, eta = {scheduler.eta}, "
                  f"default classifier-free guidance {scheduler.guidance_scale}"))
     lines = front + [

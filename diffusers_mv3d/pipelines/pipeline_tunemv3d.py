@@ -377,8 +377,7 @@ class TuneMV3DPipeline(DiffusionPipeline, MeshReconstructionMixin):
                 set when it was assembled; 1 means no guidance).
             prompt_embeds, negative_prompt_embeds: text embeddings ``[B, L, D]`` instead of ``prompt`` /
                 ``negative_prompt`` (from :meth:`encode_prompt`, or any other source).
-            consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None
-                (its ``reference_consistency_ratio``, when set, with ``image`` or ``reference_images``).
+            consistency_ratio: K, fraction of consistency-guidance steps; the scheduler's config if None.
             consistency_scale: alpha of eq. 4; the scheduler's config if None.
             eta: DDIM's eta (0 deterministic, 1 as stochastic as DDPM; the fresh noise comes from
                 ``generator``); the scheduler's config if None. Other schedulers ignore it.
@@ -442,8 +441,7 @@ class TuneMV3DPipeline(DiffusionPipeline, MeshReconstructionMixin):
         # 5. Timesteps and consistency steps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        consistency_steps = self.scheduler.consistency_steps(num_inference_steps, consistency_ratio,
-                                                             with_references=bool(references))
+        consistency_steps = self.scheduler.consistency_steps(num_inference_steps, consistency_ratio)
 
         # 6. Initial noise
         shape = (batch, num_views, self.space_channels, size, size)

@@ -50,8 +50,6 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         inner_scheduler_type (`str`, defaults to `"DDIMScheduler"`): a scheduler class of ``diffusers``.
         inner_scheduler_config (`dict`, *optional*): its config (``scheduler.config``).
         consistency_ratio (`float`, defaults to 0.5): K, the fraction of consistency steps.
-        reference_consistency_ratio (`float`, *optional*): K when some views are clamped references
-            (image-to-multiview, multiview-to-multiview); `None`: ``consistency_ratio``.
         consistency_scale (`float`, defaults to 7.5): alpha of eq. 4.
         eta (`float`, defaults to 0.0): DDIM's eta (the weight of fresh noise in a step), passed to an
             inner scheduler whose ``step`` takes it (``DDIMScheduler``); other schedulers ignore it.
@@ -71,7 +69,6 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         consistency_scale: float = 7.5,
         eta: float = 0.0,
         guidance_scale: float = 3.0,
-        reference_consistency_ratio: Optional[float] = None,
     ):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
@@ -80,9 +77,7 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         inner_class = getattr(diffusers, inner_scheduler_type, None)
         if not (isinstance(inner_class, type) and issubclass(inner_class, SchedulerMixin)):
             raise ValueError(f"inner_scheduler_type={inner_scheduler_type!r} is not a diffusers scheduler class")
-        for ratio in (consistency_ratio, reference_consistency_ratio):
-            if ratio is not None:
-                consistency_step_indices(1, ratio)  # validates the ratio
+        consistency_step_indices(1, consistency_ratio)  # validates the ratio
         config = {k: v for k, v in (inner_scheduler_config or {}).items() if not k.startswith("_")}
         self.inner = inner_class.from_config(config)
         self.order = getattr(self.inner, "order", 1)
@@ -90,10 +85,10 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def wrap(cls, scheduler: SchedulerMixin, consistency_ratio: float = 0.5, consistency_scale: float = 7.5,
-             eta: float = 0.0, guidance_scale: float = 3.0, reference_consistency_ratio: Optional[float] = None):
+             eta: float = 0.0, guidance_scale: float = 3.0):
         """Wrap an existing scheduler instance (its class and config are kept)."""
         return cls(type(scheduler).__name__, dict(scheduler.config), consistency_ratio, consistency_scale, eta,
-                   guidance_scale, reference_consistency_ratio)
+                   guidance_scale)
 
     # ---------------------------------------------------------------- the inner scheduler's API
     @property
@@ -114,15 +109,9 @@ class ConsistencyGuidanceScheduler(SchedulerMixin, ConfigMixin):
         return self.inner.add_noise(original, noise, timesteps)
 
     # ---------------------------------------------------------------- consistency guidance
-    def consistency_steps(self, num_inference_steps: int, ratio: Optional[float] = None,
-                          with_references: bool = False) -> Set[int]:
-        """Which step indices are consistency steps: ``ratio`` if given, else the config's K
-        (``reference_consistency_ratio`` when ``with_references`` and the config sets one)."""
-        if ratio is None:
-            ratio = self.config.consistency_ratio
-            if with_references and self.config.get("reference_consistency_ratio") is not None:
-                ratio = self.config.reference_consistency_ratio
-        return consistency_step_indices(num_inference_steps, ratio)
+    def consistency_steps(self, num_inference_steps: int, ratio: Optional[float] = None) -> Set[int]:
+        """Which step indices are consistency steps (``ratio`` overrides the config's K)."""
+        return consistency_step_indices(num_inference_steps, self.config.consistency_ratio if ratio is None else ratio)
 
     def step(
         self,
