@@ -26,11 +26,10 @@ import torch.nn.functional as F
 
 from diffusers_mv3d import TuneMV3DPipeline
 from diffusers_mv3d.cameras import default_cameras
-from diffusers_mv3d.data.splits import split_object
+from diffusers_mv3d.data.splits import TUNING_START, split_object
 from diffusers_mv3d.evaluation.variants import render_object
 from diffusers_mv3d.foundation import predicted_x0
 
-FIRST_UNSEEN_INDEX = 1_000_000
 MODES = ("unet", "branch, no NeuS", "branch", "NeuS x0")
 
 
@@ -85,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
-    objects = [split_object("objects3d", FIRST_UNSEEN_INDEX + i)[1] for i in range(args.objects)]
+    objects = [split_object("objects3d", TUNING_START + i)[1] for i in range(args.objects)]
     rows: List[str] = []
     for model in args.models:
         pipe = TuneMV3DPipeline.from_pretrained(model)

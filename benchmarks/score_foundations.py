@@ -32,12 +32,11 @@ import numpy as np
 import torch
 
 from diffusers_mv3d.data.render import random_cameras, render_views
-from diffusers_mv3d.data.splits import split_entry
+from diffusers_mv3d.data.splits import TUNING_START, split_entry
 from diffusers_mv3d.data.world import generate_object
 from diffusers_mv3d.evaluation.classifier import AttributeClassifier, fidelity
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER
 
-FIRST_UNSEEN_INDEX = 1_000_000
 EVAL_PROMPTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts.py")
 
 
@@ -46,7 +45,7 @@ def pilot_objects(count: int) -> List[Dict]:
     from diffusers_mv3d.evaluation.settings import load_prompt_set
 
     eval_texts = {p.text for p in load_prompt_set(EVAL_PROMPTS_FILE)[0]}
-    objects, index = [], FIRST_UNSEEN_INDEX
+    objects, index = [], TUNING_START
     while len(objects) < count:
         _, category, colour, object_seed = split_entry("foundation2d", index)
         obj = generate_object(category, object_seed, colour)
