@@ -20,7 +20,8 @@ carved to the input views' silhouettes as the pipeline carves them (``--carve-co
 values the carved surface follows, a table row each; ``--no-mesh-carving``: the SDF as it is), volume
 IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
 reconstructor is a folder with ``reconstructor/`` (a pipeline folder or ``train-reconstructor``'s
-``model/``).
+``model/``). ``--visual-hull`` adds the views' visual hull as a row (the same carving of an SDF that
+holds everything: no reconstructor), which says what a reconstructor adds to carving.
 
     python benchmarks/score_reconstructor.py pipelines/tunemv3d-tiny runs/reconstructor-v2-tiny/model \
         --pipeline pipelines/tunemv3d-tiny --objects 16 --num-threads 1
@@ -40,7 +41,7 @@ from diffusers_mv3d.evaluation.consistency import foreground_masks, mask_iou
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.evaluation.variants import render_object
-from diffusers_mv3d.mesh import CARVE_CONTOUR, mesh_from_neus
+from diffusers_mv3d.mesh import CARVE_CONTOUR, mesh_from_neus, visual_hull_mesh
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
 
@@ -67,8 +68,24 @@ def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras,
                               carve_contour=carve_contour or CARVE_CONTOUR)  # unused without masks
     except ValueError:  # no surface
         mesh = None
+    return scored(mesh, target_mesh, cfg)
+
+
+def scored(mesh, target_mesh, cfg: EvaluationConfig) -> Dict[str, float]:
+    """Volume IoU and Chamfer-L1 of ``mesh`` (``None``: no surface) against ``target_mesh``, at the evaluation's settings."""
     chamfer, iou = mesh_scores(mesh, target_mesh, cfg.chamfer_points, cfg.mesh_iou_resolution)
     return {"volume_iou": iou, "chamfer_l1": chamfer, "failed": float(mesh is None)}
+
+
+def visual_hull_scores(views: torch.Tensor, cameras, target_mesh, cfg: EvaluationConfig, contour: float) -> Dict[str, float]:
+    """Score the visual hull of ``views [V, 3, H, W]`` in ``[0, 1]`` (their border-colour silhouettes carved at
+    ``contour``, no SDF: :func:`~diffusers_mv3d.mesh.visual_hull_mesh`) against ``target_mesh``."""
+    masks = foreground_masks(views * 2 - 1, background="border")
+    try:
+        mesh = visual_hull_mesh(masks, cameras, resolution=cfg.mesh_resolution, contour=contour)
+    except ValueError:  # no surface
+        mesh = None
+    return scored(mesh, target_mesh, cfg)
 
 
 def silhouette_agreement(generated: torch.Tensor, renders: torch.Tensor) -> List[float]:
@@ -127,6 +144,9 @@ def main() -> None:
     parser.add_argument("--carve-contours", type=float, nargs="+", default=[CARVE_CONTOUR],
                         help=f"mask values in (0, 1) the carved surface follows, a row each (default: the pipeline's, "
                              f"{CARVE_CONTOUR})")
+    parser.add_argument("--visual-hull", action="store_true",
+                        help="add rows for the views' visual hull (the carving alone, no SDF): what the "
+                             "reconstructors add to carving")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -136,6 +156,8 @@ def main() -> None:
         parser.error(f"--first must be >= 0, got {args.first}")
     if args.objects < 2:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
+    if args.visual_hull and not args.mesh_carving:
+        parser.error("--visual-hull is the carving alone: it needs --mesh-carving")
     if not all(0 < c < 1 for c in args.carve_contours):
         parser.error(f"--carve-contours must lie in (0, 1), got {args.carve_contours}")
     if args.num_threads > 0:
@@ -192,10 +214,15 @@ def main() -> None:
 
     rows: List[str] = []
     contours = args.carve_contours if args.mesh_carving else [None]
-    for name, model in models.items():
+    scorers = {name: (lambda views, obj, contour, model=model:
+                      reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, contour))
+               for name, model in models.items()}
+    if args.visual_hull:
+        scorers["visual hull (no reconstructor)"] = lambda views, obj, contour: visual_hull_scores(
+            views, cameras, obj.mesh, cfg, contour)
+    for name, score in scorers.items():
         for source, contour in [(s, c) for s in INPUTS if s in inputs for c in contours]:
-            scores = [reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, contour)
-                      for views, obj in zip(inputs[source], objects)]
+            scores = [score(views, obj, contour) for views, obj in zip(inputs[source], objects)]
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")

@@ -9,6 +9,8 @@ per-object optimisation. Here that is three small steps, each usable on its own:
    ``reconstructor`` (a LatentSparseNeuS trained on clean views at full resolution), and the views'
    foreground masks: :func:`carve_to_silhouettes` empties what falls outside a view's silhouette
    before meshing (the feed-forward SDF alone meshes shapes fatter than the object).
+   :func:`visual_hull_mesh` meshes the carving alone (no SDF), the baseline a reconstructor is scored
+   against.
 2. :func:`color_vertices`: vertex colours taken from the final views. Every vertex is projected into
    every view; a view counts for a vertex only when the vertex is not hidden from it (a ray cast from
    the camera centre towards the vertex must not hit the mesh before it); colours are bilinearly
@@ -78,21 +80,45 @@ def mesh_from_neus(
         raise ValueError(f"object_index must be in [0, {batch}), got {object_index}")
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
-    from skimage.measure import marching_cubes
-
     sdf = neus.sdf_grid(context, resolution, object_index).float().cpu()  # R R R, x y z order
     if masks is not None:
         if cameras is None:
             cameras = context.cameras[object_index]  # [V]
         sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks.cpu(), cameras.to(device="cpu", dtype=sdf.dtype),
                                    contour=carve_contour)
-    sdf = sdf.numpy()
+    return mesh_from_sdf_grid(sdf, neus.config.bound_radius, level)
+
+
+def mesh_from_sdf_grid(sdf: torch.Tensor, bound: float, level: float = 0.0) -> trimesh.Trimesh:
+    """Marching cubes on the ``level`` set of an SDF grid ``[R, R, R]`` (indexed x, y, z) sampled on the
+    cube ``[-bound, bound]^3`` (grid corners on the cube's corners, as ``LatentSparseNeuS.sdf_grid``
+    samples it); world coordinates, outward faces.
+
+    Raises:
+        ValueError: when the SDF does not cross ``level`` inside the grid (no surface).
+    """
+    from skimage.measure import marching_cubes
+
+    sdf = sdf.float().cpu().numpy()
     if not (sdf.min() < level < sdf.max()):
         raise ValueError(f"the SDF does not cross {level} inside the bounds: no surface to mesh")
     vertices, faces, _, _ = marching_cubes(sdf, level=level)  # grid indices
-    bound = neus.config.bound_radius
-    vertices = vertices / (resolution - 1) * 2 * bound - bound  # grid -> world cube [-bound, bound]^3
+    vertices = vertices / (sdf.shape[0] - 1) * 2 * bound - bound  # grid -> world cube [-bound, bound]^3
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+
+
+def visual_hull_mesh(masks: torch.Tensor, cameras: Cameras, resolution: int = 64, bound: float = 1.0,
+                     contour: float = CARVE_CONTOUR) -> trimesh.Trimesh:
+    """The views' visual hull as a mesh: an SDF negative everywhere in ``[-bound, bound]^3``, carved to
+    the ``masks [V, H, W]`` (:func:`carve_to_silhouettes`) and meshed. The surface the pipeline's carving
+    leaves wherever its SDF puts the object: a baseline that says what a reconstructor adds to carving.
+
+    Raises:
+        ValueError: when the masks leave nothing (no surface), or as :func:`carve_to_silhouettes`.
+    """
+    inside = torch.full((resolution, resolution, resolution), -1.0)
+    carved = carve_to_silhouettes(inside, bound, masks.cpu(), cameras.to(device="cpu", dtype=inside.dtype), contour=contour)
+    return mesh_from_sdf_grid(carved, bound)
 
 
 def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, cameras: Cameras,

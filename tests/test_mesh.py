@@ -19,6 +19,7 @@ from diffusers_mv3d.mesh import (
     save_turntable_gif,
     turntable_frames,
     vertex_visibility,
+    visual_hull_mesh,
 )
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 
@@ -265,6 +266,19 @@ def test_carving_follows_the_edge_inside_coverage_masks():
     assert carved_volume(neus, context, masks, cameras, contour=0.5) > 1.2 * hull
     with pytest.raises(ValueError, match="contour must be in"):
         carve_to_silhouettes(torch.zeros(8, 8, 8), 1.0, masks, cameras, contour=1.0)
+
+
+def test_visual_hull_is_the_carving_of_an_sdf_that_holds_it():
+    """The hull of a sphere's masks equals what carving leaves of a larger sphere's SDF (the surface is the
+    masks' contour either way), and masks that show nothing leave no surface."""
+    neus, context = sphere_neus(radius=0.8)
+    cameras, masks = default_cameras(8, resolution=32), sphere_coverage_masks(8, 32, 0.4)
+    hull = visual_hull_mesh(masks, cameras, resolution=48)
+    assert hull.is_watertight
+    assert hull.volume == pytest.approx(carved_volume(neus, context, masks, cameras, CARVE_CONTOUR), rel=0.02)
+    assert hull.volume == pytest.approx(4 / 3 * np.pi * 0.4 ** 3, rel=0.15)  # a sphere's hull from 8 views
+    with pytest.raises(ValueError, match="no surface"):
+        visual_hull_mesh(torch.zeros(8, 32, 32), cameras, resolution=16)
 
 
 def test_carving_everything_away_leaves_no_surface():
