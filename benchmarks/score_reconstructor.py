@@ -55,6 +55,12 @@ def tinted(views: torch.Tensor, masks: torch.Tensor, generator: torch.Generator)
     return over_background(views[None], masks[None], colours, torch.tensor([True]))[0]
 
 
+def silhouettes(views: torch.Tensor) -> torch.Tensor:
+    """Foreground masks ``[V, H, W]`` of ``views [V, 3, H, W]`` in ``[0, 1]`` against each view's border colour,
+    as the pipeline carves its meshes."""
+    return foreground_masks(views * 2 - 1, background="border")
+
+
 @torch.no_grad()
 def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
                           cfg: EvaluationConfig, level: float = 0.0,
@@ -62,7 +68,7 @@ def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras,
     """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set, carved to the
     ``carve_contour`` of the views' silhouettes unless it is ``None``) and score it against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
-    masks = None if carve_contour is None else foreground_masks(views * 2 - 1, background="border")
+    masks = None if carve_contour is None else silhouettes(views)
     try:
         mesh = mesh_from_neus(model, context, resolution=cfg.mesh_resolution, level=level, masks=masks, cameras=cameras,
                               carve_contour=carve_contour or CARVE_CONTOUR)  # unused without masks
@@ -80,7 +86,7 @@ def scored(mesh, target_mesh, cfg: EvaluationConfig) -> Dict[str, float]:
 def visual_hull_scores(views: torch.Tensor, cameras, target_mesh, cfg: EvaluationConfig, contour: float) -> Dict[str, float]:
     """Score the visual hull of ``views [V, 3, H, W]`` in ``[0, 1]`` (their border-colour silhouettes carved at
     ``contour``, no SDF: :func:`~diffusers_mv3d.mesh.visual_hull_mesh`) against ``target_mesh``."""
-    masks = foreground_masks(views * 2 - 1, background="border")
+    masks = silhouettes(views)
     try:
         mesh = visual_hull_mesh(masks, cameras, resolution=cfg.mesh_resolution, contour=contour)
     except ValueError:  # no surface
@@ -91,7 +97,7 @@ def visual_hull_scores(views: torch.Tensor, cameras, target_mesh, cfg: Evaluatio
 def silhouette_agreement(generated: torch.Tensor, renders: torch.Tensor) -> List[float]:
     """Mean IoU and area ratio of the foreground masks of ``generated`` against ``renders`` (both
     ``[V, 3, H, W]`` in [0, 1], masks against the views' border colour as the meshes are carved)."""
-    ours, theirs = (foreground_masks(v * 2 - 1, background="border") for v in (generated, renders))
+    ours, theirs = silhouettes(generated), silhouettes(renders)
     areas = ours.flatten(1).sum(-1).float() / theirs.flatten(1).sum(-1).float().clamp(min=1)
     return [mask_iou(ours, theirs).mean().item(), areas.mean().item()]
 

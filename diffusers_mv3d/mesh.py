@@ -80,12 +80,11 @@ def mesh_from_neus(
         raise ValueError(f"object_index must be in [0, {batch}), got {object_index}")
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
-    sdf = neus.sdf_grid(context, resolution, object_index).float().cpu()  # R R R, x y z order
+    sdf = neus.sdf_grid(context, resolution, object_index).float()  # R R R, x y z order
     if masks is not None:
         if cameras is None:
             cameras = context.cameras[object_index]  # [V]
-        sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks.cpu(), cameras.to(device="cpu", dtype=sdf.dtype),
-                                   contour=carve_contour)
+        sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks, cameras, contour=carve_contour)
     return mesh_from_sdf_grid(sdf, neus.config.bound_radius, level)
 
 
@@ -117,7 +116,7 @@ def visual_hull_mesh(masks: torch.Tensor, cameras: Cameras, resolution: int = 64
         ValueError: when the masks leave nothing (no surface), or as :func:`carve_to_silhouettes`.
     """
     inside = torch.full((resolution, resolution, resolution), -1.0)
-    carved = carve_to_silhouettes(inside, bound, masks.cpu(), cameras.to(device="cpu", dtype=inside.dtype), contour=contour)
+    carved = carve_to_silhouettes(inside, bound, masks, cameras, contour=contour)
     return mesh_from_sdf_grid(carved, bound)
 
 
@@ -146,8 +145,9 @@ def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, c
     Args:
         sdf: the grid to carve (not modified).
         bound: the cube's half side (the NeuS's ``bound_radius``).
-        masks: ``[V, H, W]`` foreground masks, bool or floats in [0, 1].
-        cameras: their cameras, batch shape ``[V]`` (any image size: masks are resized to it).
+        masks: ``[V, H, W]`` foreground masks, bool or floats in [0, 1] (moved to ``sdf``'s device).
+        cameras: their cameras, batch shape ``[V]`` (any image size: masks are resized to it; moved to
+            ``sdf``'s device and dtype).
         depth: the carved SDF's slope in mask units; far outside a silhouette it is ``depth * contour``.
         contour: the mask value, in (0, 1), the carved surface follows.
     """
@@ -156,13 +156,14 @@ def carve_to_silhouettes(sdf: torch.Tensor, bound: float, masks: torch.Tensor, c
     if masks.dim() != 3 or masks.shape[0] != len(cameras):
         raise ValueError(f"masks must be [V, H, W] with V = {len(cameras)} (the cameras), got {tuple(masks.shape)}")
     resolution = sdf.shape[0]
-    masks = masks.float()[:, None]
+    masks = masks.to(sdf.device).float()[:, None]
+    cameras = cameras.to(device=sdf.device, dtype=sdf.dtype)
     if masks.shape[-2:] != (cameras.height, cameras.width):
         masks = F.interpolate(masks, size=(cameras.height, cameras.width), mode="area")
-    axis = torch.linspace(-bound, bound, resolution)
+    axis = torch.linspace(-bound, bound, resolution, device=sdf.device)
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     uv, _ = cameras.project(points.to(cameras.world_to_camera).expand(len(cameras), -1, -1))  # [V, N, 2]
-    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype)
+    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype, device=uv.device)
     grid = (2.0 * uv / size - 1.0)[:, :, None]  # [V, N, 1, 2], pixel centres as in _sample_views
     inside = F.grid_sample(masks.to(uv.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     carved = (depth * (contour - inside[:, 0, :, 0])).amax(dim=0).reshape(sdf.shape)  # [R, R, R]
