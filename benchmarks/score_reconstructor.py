@@ -11,7 +11,9 @@ here). Each object is rendered at the pipeline's default cameras (8 views, eleva
 - ``generated``: the views a TuneMV3D pipeline generates from view 0 (image-to-multiview, as
   ``diffusers-mv3d evaluate --image-to-multiview`` runs it; needs ``--pipeline``; their PSNR / SSIM
   against the renders is printed beside copying the reference, as the evaluation reports it, with
-  their silhouettes' IoU and area against the renders' silhouettes, beside the reference's);
+  their silhouettes' IoU and area against the renders' silhouettes, beside the reference's;
+  ``--pose-table`` adds which render view each generated view resembles most, as an offset around
+  the orbit: whether the views turn the object or repeat other poses);
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
@@ -107,6 +109,17 @@ def copy_reference(views: torch.Tensor) -> torch.Tensor:
     return views[:1].expand_as(views[1:])
 
 
+def pose_offsets(generated: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
+    """``[V, V]`` counts: row i, column k is 1 where the render view ``(i + k) mod V`` matches generated
+    view i best (highest PSNR); a model that turns the object right puts every count in column 0."""
+    views = generated.shape[0]
+    mse = ((generated[:, None] - renders[None]) ** 2).flatten(2).mean(-1)  # [V generated, V renders]
+    best = mse.argmin(1)
+    counts = torch.zeros(views, views, dtype=torch.long)
+    counts[torch.arange(views), (best - torch.arange(views)) % views] = 1
+    return counts
+
+
 def column_means(rows: Sequence[Sequence[float]]) -> List[float]:
     """The mean of each column of ``rows`` (one row an object)."""
     return [sum(column) / len(rows) for column in zip(*rows)]
@@ -153,6 +166,9 @@ def main() -> None:
     parser.add_argument("--visual-hull", action="store_true",
                         help="add rows for the views' visual hull (the carving alone, no SDF): what the "
                              "reconstructors add to carving")
+    parser.add_argument("--pose-table", action="store_true",
+                        help="also print, for each generated view, which render view matches it best (as an "
+                             "offset around the orbit): whether the views turn the object or repeat other poses")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -162,6 +178,8 @@ def main() -> None:
         parser.error(f"--first must be >= 0, got {args.first}")
     if args.objects < 2:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
+    if args.pose_table and not args.pipeline:
+        parser.error("--pose-table scores generated views: it needs --pipeline")
     if args.visual_hull and not args.mesh_carving:
         parser.error("--visual-hull is the carving alone: it needs --mesh-carving")
     if not all(0 < c < 1 for c in args.carve_contours):
@@ -217,6 +235,14 @@ def main() -> None:
               f"PSNR {psnr:.2f} dB, SSIM {ssim:.3f} (reference copied: {copied_psnr:.2f} dB, {copied_ssim:.3f}); "
               f"their silhouettes: IoU {iou:.3f} with the renders', {area:.2f}x their area (reference copied: "
               f"{copied_iou:.3f}, {copied_area:.2f}x)", flush=True)
+        if args.pose_table:
+            counts = sum(pose_offsets(g, r["views"]) for g, r in pairs)
+            print(f"\nbest-matching render view of each generated view, as the offset around the orbit (counts over "
+                  f"{len(pairs)} objects; offset 0: the right pose)\n\n| generated view | "
+                  + " | ".join(f"+{k}" for k in range(len(counts))) + " |\n|" + "---|" * (len(counts) + 1))
+            for i, row in enumerate(counts.tolist()):
+                print(f"| {i} | " + " | ".join(str(c) for c in row) + " |")
+            print(flush=True)
 
     rows: List[str] = []
     contours = args.carve_contours if args.mesh_carving else [None]
