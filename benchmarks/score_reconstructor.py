@@ -111,12 +111,15 @@ def copy_reference(views: torch.Tensor) -> torch.Tensor:
 
 def pose_offsets(generated: torch.Tensor, renders: torch.Tensor) -> torch.Tensor:
     """``[V, V]`` counts: row i, column k is 1 where the render view ``(i + k) mod V`` matches generated
-    view i best (highest PSNR); a model that turns the object right puts every count in column 0."""
+    view i best (least squared error); a model that turns the object right puts every count in column 0.
+    A tie with view i's own render counts as the right pose: an object with a symmetry has renders that
+    are equal (a table's view 4 is its view 0), and the first of equals is not the better match."""
     views = generated.shape[0]
     mse = ((generated[:, None] - renders[None]) ** 2).flatten(2).mean(-1)  # [V generated, V renders]
-    best = mse.argmin(1)
+    own = torch.arange(views)
+    best = torch.where(mse[own, own] <= mse.min(1).values, own, mse.argmin(1))
     counts = torch.zeros(views, views, dtype=torch.long)
-    counts[torch.arange(views), (best - torch.arange(views)) % views] = 1
+    counts[own, (best - own) % views] = 1
     return counts
 
 

@@ -201,3 +201,50 @@ def test_aggregate_is_the_mean_and_variance_over_the_views_that_see_a_point():
         stacked = torch.stack(seen)
         torch.testing.assert_close(got[p, :4], stacked.mean(0), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(got[p, 4:], stacked.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
+
+
+def test_occlusion_aware_aggregate_leaves_out_the_view_that_sees_the_far_side():
+    # a sharp sphere of radius 0.5 seen from opposite sides; view 0's features are 1, view 1's are 0
+    neus = tiny_neus(feature_channels=2, occlusion_aware=True, num_coarse_samples=64, num_importance_samples=32).eval()
+    neus.field = SphereField(radius=0.5)
+    with torch.no_grad():
+        neus.variance.fill_(0.6)
+    cameras = Cameras.orbit(0.0, [0.0, 180.0], radius=2.5, height=16).expand(1)
+    features = torch.stack([torch.ones(2, 8, 8), torch.zeros(2, 8, 8)])[None]
+    context = NeuSContext(features, cameras, torch.zeros(1, 8))
+    context.surface_depth = neus.surface_depth(context)
+    assert context.surface_depth.shape == (1, 2, 8, 8)
+    centre = context.surface_depth[0, :, 3:5, 3:5]
+    torch.testing.assert_close(centre, torch.full_like(centre, 2.0), atol=0.03, rtol=0)
+    assert (context.surface_depth[0, :, 0, 0] > 100).all()  # a corner pixel sees no surface
+    # on the surface facing view 0; on the surface facing view 1; the centre, which no view sees
+    points = torch.tensor([[[0.49, 0.0, 0.0], [-0.49, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    mean = neus.aggregate(points, context)[0, :, 0]
+    torch.testing.assert_close(mean, torch.tensor([1.0, 0.0, 0.5]), atol=0.01, rtol=0)
+    context.surface_depth = None  # the plain average of eq. 2: both views everywhere
+    torch.testing.assert_close(neus.aggregate(points, context)[0, :, 0], torch.full((3,), 0.5))
+    # encode computes the surface depth itself, at the feature resolution
+    encoded = neus.encode(torch.zeros(1, 2, 3, 16, 16), 0, cameras)
+    assert encoded.surface_depth.shape == (1, 2, 8, 8)
+    assert tiny_neus().encode(torch.zeros(1, 2, 3, 16, 16), 0, cameras).surface_depth is None
+    with pytest.raises(ValueError, match="occlusion_margin"):
+        tiny_neus(occlusion_margin=0.0)
+
+
+def test_view_weights_let_a_clean_view_outweigh_noisy_ones():
+    cameras = Cameras.orbit(0.0, [0.0, 90.0, 180.0], radius=2.5, height=16).expand(1)
+    timesteps = torch.tensor([[0, 600, 600]])
+    neus = tiny_neus(view_weight_timescale=200.0)
+    context = neus.encode(torch.zeros(1, 3, 3, 16, 16), timesteps, cameras)
+    torch.testing.assert_close(context.view_weights, torch.exp(torch.tensor([[0.0, -3.0, -3.0]])))
+    # features 1 (view 0) and 0 (views 1, 2) at a point all three see: the weighted mean and variance
+    context.features = torch.stack([torch.ones(8, 8, 8), torch.zeros(8, 8, 8), torch.zeros(8, 8, 8)])[None]
+    got = neus.aggregate(torch.zeros(1, 1, 3), context)[0, 0]
+    share = 1.0 / (1.0 + 2.0 * torch.exp(torch.tensor(-3.0)))
+    torch.testing.assert_close(got[:8], share.expand(8))
+    torch.testing.assert_close(got[8:], (share - share**2).expand(8))
+    # one timestep for every view, or no timescale: the plain mean of eq. 2
+    assert torch.equal(neus.encode(torch.zeros(1, 3, 3, 16, 16), 600, cameras).view_weights, torch.ones(1, 3))
+    assert tiny_neus().encode(torch.zeros(1, 3, 3, 16, 16), timesteps, cameras).view_weights is None
+    with pytest.raises(ValueError, match="view_weight_timescale"):
+        tiny_neus(view_weight_timescale=-1.0)

@@ -432,6 +432,15 @@ def test_init_from_starts_a_fresh_run_from_a_model_folder_and_checks_its_setting
         assert before.keys() == after.keys()
         assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in before)
 
+    # the occlusion test is switched on by such a run: same weights, the saved config takes the settings'
+    switched = workdir / "occlusion"
+    main(TuneMV3DTrainConfig(**tiny_settings(workdir, switched, neus_occlusion_aware=True, **settings)))
+    neus_config = json.loads((switched / "model" / "neus" / "config.json").read_text())
+    assert neus_config["occlusion_aware"] is True and neus_config["occlusion_margin"] == 0.1
+    before = weights(straight / "model" / "neus" / "diffusion_pytorch_model.safetensors")
+    after = weights(switched / "model" / "neus" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(before[key], after[key], atol=1e-6) for key in before)
+
     with pytest.raises(ValueError, match="--init-from .*geometry_attention_neighbourhood"):  # no shape, still checked
         main(TuneMV3DTrainConfig(**tiny_settings(workdir, workdir / "bad", geometry_attention_neighbourhood=5, **settings)))
     with pytest.raises(ValueError, match="--init-from .*no controlnet/"):

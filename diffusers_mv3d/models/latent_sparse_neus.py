@@ -105,6 +105,13 @@ def positional_encoding(x: torch.Tensor, num_frequencies: int) -> torch.Tensor:
     return torch.cat([x, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
 
 
+def visibility(surface_depth: torch.Tensor, point_depth: torch.Tensor, margin: float) -> torch.Tensor:
+    """Soft test that a view sees a point: ``sigmoid((d_surface + m - d_point) / (m / 4))``, where
+    ``d_surface`` is the depth of the first surface along the point's pixel and ``m`` the margin:
+    ~0.98 on the surface and in front of it, 1/2 at ``m`` behind it, ~0.02 at ``2 m`` behind."""
+    return torch.sigmoid((surface_depth + margin - point_depth) * (4.0 / margin))
+
+
 # ---------------------------------------------------------------------------- modules
 class ViewEncoder(nn.Module):
     """The image encoder E of eq. 1: a noisy view and its timestep -> a feature map."""
@@ -191,11 +198,17 @@ class NeuSContext:
         features: ``[B, V, F, h, w]`` encoded views f_i (eq. 1).
         cameras: the input cameras, batch shape ``[B, V]``.
         temb: ``[B, T]`` the object's timestep embedding (mean over its views).
+        surface_depth: ``[B, V, h, w]`` camera depth of the first surface each feature pixel sees,
+            from a first render of the input views (``occlusion_aware`` models; None otherwise).
+        view_weights: ``[B, V]`` each view's weight in the feature average,
+            ``exp(-(t_i - t_min) / timescale)`` (``view_weight_timescale`` > 0; None: equal weights).
     """
 
     features: torch.Tensor
     cameras: Cameras
     temb: torch.Tensor
+    surface_depth: Optional[torch.Tensor] = None
+    view_weights: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -259,6 +272,14 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         init_radius (`float`, defaults to 0.5): radius of the initial SDF sphere.
         background (`float`, defaults to 1.0): initial value of the learned background (1 = white pixels).
         chunk_size (`int`, defaults to 16384): rays rendered at once; bounds peak memory.
+        occlusion_aware (`bool`, defaults to False): weight each view's features at a point by whether
+            the view sees it (:meth:`aggregate`); costs one extra render of the input views at the
+            feature resolution in :meth:`encode`.
+        occlusion_margin (`float`, defaults to 0.1): how far (world units) behind a view's first surface
+            a point still counts as seen; the visibility falls to 1/2 at this depth.
+        view_weight_timescale (`float`, defaults to 0.0): weight each view in the feature average by
+            ``exp(-t_i / timescale)`` of its timestep, so that clean reference views (t = 0) are not
+            drowned by views that are still noise; 0 weighs all views equally (eq. 2).
     """
 
     @register_to_config
@@ -281,12 +302,19 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         init_radius: float = 0.5,
         background: float = 1.0,
         chunk_size: int = 16384,
+        occlusion_aware: bool = False,
+        occlusion_margin: float = 0.1,
+        view_weight_timescale: float = 0.0,
     ):
         super().__init__()
         if num_coarse_samples < 2:
             raise ValueError(f"num_coarse_samples must be >= 2, got {num_coarse_samples}")
         if encoder_downsample < 1:
             raise ValueError(f"encoder_downsample must be >= 1, got {encoder_downsample}")
+        if occlusion_margin <= 0:
+            raise ValueError(f"occlusion_margin must be > 0, got {occlusion_margin}")
+        if view_weight_timescale < 0:
+            raise ValueError(f"view_weight_timescale must be >= 0, got {view_weight_timescale}")
         self.time_proj = Timesteps(timestep_embedding_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(timestep_embedding_dim, timestep_embedding_dim)
         self.encoder = ViewEncoder(in_channels, encoder_channels, feature_channels, encoder_downsample, timestep_embedding_dim)
@@ -313,29 +341,60 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
             raise ValueError(f"cameras are {cameras.height}x{cameras.width} but views are {tuple(views.shape[-2:])}")
         t = per_view_timesteps(timestep, batch, num_views).to(views.device)
         temb = self.time_embedding(self.time_proj(t.flatten()).to(views.dtype))  # [(B V), T]
-        features = self.encoder(fold_views(views), temb)
-        return NeuSContext(unfold_views(features, num_views), cameras, unfold_views(temb, num_views).mean(1))
+        features = unfold_views(self.encoder(fold_views(views), temb), num_views)
+        context = NeuSContext(features, cameras, unfold_views(temb, num_views).mean(1))
+        if self.config.view_weight_timescale > 0:
+            # relative to the cleanest view of the object: only ratios matter, and none underflows
+            relative = t - t.min(1, keepdim=True).values
+            context.view_weights = torch.exp(-relative.to(features.dtype) / self.config.view_weight_timescale)
+        if self.config.occlusion_aware:
+            context.surface_depth = self.surface_depth(context)
+        return context
+
+    @torch.no_grad()
+    def surface_depth(self, context: NeuSContext) -> torch.Tensor:
+        """Camera depth ``[B, V, h, w]`` of the first surface seen by each feature pixel of each input
+        view: the NeuS render of the input cameras at the feature resolution, aggregated without
+        occlusion. Pixels that see no surface (opacity below 1/2) get a depth beyond any point."""
+        height, width = context.features.shape[-2:]
+        rays = self.render(context, context.cameras.rescale(height, width))
+        hit_depth = rays.depth / rays.opacity.clamp(min=1e-4)
+        far = torch.full_like(hit_depth, 1e4)
+        depth = torch.where(rays.opacity > 0.5, hit_depth, far)
+        return depth.reshape(*depth.shape[:2], height, width)
 
     # ------------------------------------------------------------------ eq. 2
     def aggregate(self, points: torch.Tensor, context: NeuSContext) -> torch.Tensor:
         """Mean and variance over views of the features at the projections of ``points [B, P, 3]``.
 
         Returns ``[B, P, 2F]``; views that do not see a point (behind it or outside the image) are left
-        out of its mean (eq. 2 averages over the views that can be interpolated).
+        out of its mean (eq. 2 averages over the views that can be interpolated). With
+        ``context.view_weights``, the mean and variance are weighted by view. With
+        ``context.surface_depth`` (``occlusion_aware``), a view whose first surface lies in front of the
+        point is left out too, softly (:func:`visibility`): the features at that pixel describe the
+        occluder, not the point. A point no view sees (inside the object) keeps the plain mean.
         """
-        batch, num_views = context.features.shape[:2]
+        num_views = context.features.shape[1]
         uv, depth = context.cameras.project(points[:, None])  # [B, V, P, 2], [B, V, P]
         size = torch.tensor([context.cameras.width, context.cameras.height], dtype=uv.dtype, device=uv.device)
         grid = (2.0 * uv / size - 1.0).to(context.features.dtype)
-        valid = (depth > 1e-4) & (grid.abs() <= 1.0).all(-1)  # [B, V, P]
+        weight = ((depth > 1e-4) & (grid.abs() <= 1.0).all(-1)).to(context.features.dtype)  # [B, V, P]
         sampled = F.grid_sample(
             fold_views(context.features), fold_views(grid)[:, :, None], align_corners=False, padding_mode="zeros"
         )  # [(B V), F, P, 1]
-        sampled = unfold_views(sampled.squeeze(-1), num_views) * valid[:, :, None]  # [B, V, F, P]
-        count = valid.sum(1).clamp(min=1)[:, None]  # [B, 1, P]
-        mean = sampled.sum(1) / count
-        var = ((sampled * sampled).sum(1) / count - mean * mean).clamp(min=0)  # E[f^2] - E[f]^2
-        return torch.cat([mean, var], dim=1).transpose(1, 2)  # [B, P, 2F]
+        sampled = unfold_views(sampled.squeeze(-1), num_views)  # [B, V, F, P]
+        if context.view_weights is not None:
+            weight = weight * context.view_weights[:, :, None]
+        if context.surface_depth is not None:
+            surface = F.grid_sample(fold_views(context.surface_depth[:, :, None]), fold_views(grid)[:, :, None],
+                                    mode="nearest", align_corners=False, padding_mode="border")
+            seen = visibility(unfold_views(surface.squeeze(1).squeeze(-1), num_views), depth, self.config.occlusion_margin)
+            weight = weight * (seen + 1e-3)
+        weight = weight / weight.sum(1, keepdim=True).clamp(min=1e-8)
+        weight = weight[:, :, None]  # [B, V, 1, P]
+        mean = (weight * sampled).sum(1)
+        var = (weight * sampled * sampled).sum(1) - mean * mean  # E[f^2] - E[f]^2
+        return torch.cat([mean, var.clamp(min=0)], dim=1).transpose(1, 2)  # [B, P, 2F]
 
     def sdf(self, points: torch.Tensor, context: NeuSContext) -> torch.Tensor:
         """Signed distance ``[B, P]`` at world ``points [B, P, 3]`` given encoded views."""
@@ -480,4 +539,6 @@ def _select_object(context: NeuSContext, index: int) -> NeuSContext:
         context.features[index : index + 1],
         Cameras(cams.world_to_camera[index : index + 1], cams.intrinsics[index : index + 1], cams.height, cams.width),
         context.temb[index : index + 1],
+        None if context.surface_depth is None else context.surface_depth[index : index + 1],
+        None if context.view_weights is None else context.view_weights[index : index + 1],
     )

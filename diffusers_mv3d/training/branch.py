@@ -45,19 +45,30 @@ class NeuSSettings(SettingChecks):
     """Positional-encoding frequencies of the 3D points."""
     neus_chunk_size: int = 16384
     """Rays rendered at once (bounds peak memory, not the result)."""
+    neus_occlusion_aware: bool = False
+    """Leave a view out of a 3D point's feature average when its first surface lies in front of the point (costs one more render of the input views at the feature resolution)."""
+    neus_occlusion_margin: float = 0.1
+    """How far (world units) behind a view's first surface a point still counts as seen by it (neus_occlusion_aware)."""
+    neus_view_weight_timescale: float = 0.0
+    """Weight each view in the NeuS feature average by exp(-t / this) of its timestep, so clean reference views are not drowned by noisy ones; 0 = equal weights."""
 
     at_least = {"neus_num_coarse_samples": 2, "neus_num_importance_samples": 0, "neus_feature_channels": 1,
                 "neus_encoder_channels": 1, "neus_encoder_downsample": 1, "neus_hidden_dim": 1, "neus_num_sdf_layers": 1,
                 "neus_num_color_layers": 1, "neus_num_frequencies": 0, "neus_chunk_size": 1}
 
-    def neus_arguments(self) -> Dict[str, int]:
+    def check_settings(self) -> None:
+        self.check(self.neus_occlusion_margin > 0, "neus_occlusion_margin", "must be > 0")
+        self.check(self.neus_view_weight_timescale >= 0, "neus_view_weight_timescale", "must be >= 0")
+
+    def neus_arguments(self) -> Dict[str, object]:
         """The :class:`LatentSparseNeuS` arguments these settings fix."""
         return {name[len("neus_"):]: getattr(self, name) for name in NEUS_SETTINGS}
 
 
 NEUS_SETTINGS = tuple(f"neus_{name}" for name in (
     "feature_channels", "encoder_channels", "encoder_downsample", "hidden_dim", "num_sdf_layers", "num_color_layers",
-    "num_frequencies", "num_coarse_samples", "num_importance_samples", "chunk_size"))
+    "num_frequencies", "num_coarse_samples", "num_importance_samples", "chunk_size", "occlusion_aware",
+    "occlusion_margin", "view_weight_timescale"))
 """The :class:`NeuSSettings` fields, as ``neus_`` + the :class:`LatentSparseNeuS` argument."""
 
 

@@ -197,16 +197,29 @@ def check_architecture(cfg, checkpoint: Path) -> None:
                              f"({checkpoint}); a resumed run keeps it (start a new --output-dir to change it)")
 
 
+SWITCHABLE_ON_INIT = ("occlusion_aware", "occlusion_margin", "view_weight_timescale")
+"""Config entries that ``--init-from`` takes from the settings rather than the folder: they change how the
+weights are used (the LatentSparseNeuS occlusion test and view weights), not which weights there are,
+and switching them is what such a run is for."""
+
+
 def load_weights_to_continue(folder: str, subfolder: str, expected):
     """The ``subfolder`` model of ``--init-from folder`` (a run's ``model/`` or a pipeline folder), checked
     against ``expected``, the fresh model the settings build: every config entry must agree (so a
-    setting that fixes no weight shape cannot silently change); the error names the ones that differ."""
+    setting that fixes no weight shape cannot silently change), except :data:`SWITCHABLE_ON_INIT`, which
+    the model takes from ``expected`` (a note says so); the error names the ones that differ."""
     if not (Path(folder) / subfolder / "config.json").is_file():
         raise ValueError(f"{flag_name('init_from')} {folder!r}: no {subfolder}/ model folder in it (expected a "
                          "run's model/ or a pipeline folder holding it)")
     model = type(expected).from_pretrained(Path(folder) / subfolder)
     differing = sorted(key for key in expected.config if not key.startswith("_")
                        and _as_json(model.config.get(key)) != _as_json(expected.config[key]))
+    switched = {key: expected.config[key] for key in differing if key in SWITCHABLE_ON_INIT}
+    if switched:
+        print(f"{flag_name('init_from')} {folder!r}: {subfolder} switches "
+              + ", ".join(f"{key} {model.config.get(key)!r} -> {value!r}" for key, value in switched.items()))
+        model.register_to_config(**switched)
+        differing = [key for key in differing if key not in switched]
     if differing:
         found = ", ".join(f"{key}={model.config.get(key)!r} (settings: {expected.config[key]!r})" for key in differing)
         raise ValueError(f"{flag_name('init_from')} {folder!r}: its {subfolder} differs from these settings: {found}")
