@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="sampling steps of the generated views (default 30)")
     parser.add_argument("--consistency-ratio", type=float, default=None,
                         help="K of the generated views (default: the pipeline's saved one)")
+    parser.add_argument("--consistency-scale", type=float, default=None,
+                        help="alpha of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--eta", type=float, default=None,
                         help="DDIM eta of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--guidance-scale", type=float, default=None,
@@ -212,7 +214,8 @@ def main() -> None:
               "negative-control": [renders[(i + 1) % len(renders)]["views"] for i in range(len(renders))]}
     if pipe is not None:
         start = time.perf_counter()
-        options = {name: value for name, value in [("consistency_ratio", args.consistency_ratio), ("eta", args.eta),
+        options = {name: value for name, value in [("consistency_ratio", args.consistency_ratio),
+                                                   ("consistency_scale", args.consistency_scale), ("eta", args.eta),
                                                    ("guidance_scale", args.guidance_scale)] if value is not None}
         captions = [obj.caption if args.caption else None for obj in objects]
         if args.auto_caption:
