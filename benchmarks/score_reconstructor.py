@@ -149,6 +149,8 @@ def main() -> None:
                         help="K of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--consistency-scale", type=float, default=None,
                         help="alpha of the generated views (default: the pipeline's saved one)")
+    parser.add_argument("--neus-interval", type=int, default=None,
+                        help="render the NeuS condition every this many steps (default: the pipeline's, 3)")
     parser.add_argument("--eta", type=float, default=None,
                         help="DDIM eta of the generated views (default: the pipeline's saved one)")
     parser.add_argument("--guidance-scale", type=float, default=None,
@@ -216,7 +218,8 @@ def main() -> None:
         start = time.perf_counter()
         options = {name: value for name, value in [("consistency_ratio", args.consistency_ratio),
                                                    ("consistency_scale", args.consistency_scale), ("eta", args.eta),
-                                                   ("guidance_scale", args.guidance_scale)] if value is not None}
+                                                   ("guidance_scale", args.guidance_scale),
+                                                   ("neus_interval", args.neus_interval)] if value is not None}
         captions = [obj.caption if args.caption else None for obj in objects]
         if args.auto_caption:
             classifier = AttributeClassifier.from_pretrained(DEFAULT_CLASSIFIER)
