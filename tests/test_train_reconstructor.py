@@ -214,6 +214,30 @@ def test_settings_of_the_old_spelling_load_from_config_files_and_checkpoints(tmp
         check_architecture(ReconstructorTrainConfig(neus_init_radius=0.4), checkpoint)
 
 
+def test_a_resume_keeps_the_neus_aggregation_options_its_checkpoint_saved(tmp_path):
+    """Occlusion-aware aggregation and view weights fix no weight shape, but a resumed run that switched
+    them would train another model: the resume refuses. A checkpoint from before the options resumes."""
+    import json
+
+    from diffusers_mv3d.training.checkpointing import STATE_FILE, check_architecture
+    from diffusers_mv3d.training.config import config_to_dict
+
+    cfg = ReconstructorTrainConfig()
+    checkpoint = tmp_path / "checkpoint-000002"
+    checkpoint.mkdir()
+    config = config_to_dict(cfg)
+    state = {"step": 2, "architecture": cfg.architecture(), "config": config}
+    (checkpoint / STATE_FILE).write_text(json.dumps(state))
+    check_architecture(cfg, checkpoint)
+    for name, value in (("neus_occlusion_aware", True), ("neus_occlusion_margin", 0.3),
+                        ("neus_view_weight_timescale", 250.0)):
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} .* differs from the checkpoint"):
+            check_architecture(ReconstructorTrainConfig(**{name: value}), checkpoint)
+    older = {key: value for key, value in config.items() if "occlusion" not in key and "timescale" not in key}
+    (checkpoint / STATE_FILE).write_text(json.dumps(dict(state, config=older)))
+    check_architecture(ReconstructorTrainConfig(neus_occlusion_aware=True), checkpoint)
+
+
 def step_inputs(cfg: ReconstructorTrainConfig):
     """One training step on the first two objects: ``(batch, the views the step module was given, loss)``."""
     from diffusers_mv3d.data.dataset import MultiViewDataset, collate_multiview

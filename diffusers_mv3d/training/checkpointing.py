@@ -178,12 +178,14 @@ def _resume_folder(cfg, output_dir: Path) -> Optional[Path]:
     return path
 
 
-RESUME_KEEPS = ("seed", "batch_size")  # the batch stream is a function of (seed, step, batch size)
+RESUME_KEEPS = ("seed", "batch_size",  # the batch stream is a function of (seed, step, batch size)
+                "neus_occlusion_aware", "neus_occlusion_margin", "neus_view_weight_timescale")  # what the NeuS computes
 
 
 def check_architecture(cfg, checkpoint: Path) -> None:
     """A resumed run keeps the settings that fix the weights' shapes (``cfg.architecture()``) and those
-    that fix its batch stream (:data:`RESUME_KEEPS`), so that it continues the run it resumes."""
+    that fix its batch stream or what its NeuS computes (:data:`RESUME_KEEPS`, checked where the checkpoint
+    saved them), so that it continues the run it resumes."""
     state = json.loads((checkpoint / STATE_FILE).read_text())
     saved = {renamed_setting(type(cfg), name, str(checkpoint)): value for name, value in state["architecture"].items()}
     for name, value in cfg.architecture().items():
