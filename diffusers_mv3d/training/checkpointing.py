@@ -178,8 +178,14 @@ def _resume_folder(cfg, output_dir: Path) -> Optional[Path]:
     return path
 
 
-RESUME_KEEPS = ("seed", "batch_size",  # the batch stream is a function of (seed, step, batch size)
-                "neus_occlusion_aware", "neus_occlusion_margin", "neus_view_weight_timescale")  # what the NeuS computes
+SWITCHABLE_ON_INIT = ("occlusion_aware", "occlusion_margin", "view_weight_timescale")
+"""Config entries that ``--init-from`` takes from the settings rather than the folder: they change how the
+weights are used (the LatentSparseNeuS occlusion test and view weights), not which weights there are,
+and switching them is what such a run is for."""
+
+RESUME_KEEPS = ("seed", "batch_size") + tuple(f"neus_{name}" for name in SWITCHABLE_ON_INIT)
+"""Settings a resumed run keeps besides the architecture: the batch stream is a function of (seed, step,
+batch size), and the switchable NeuS options decide what the NeuS computes."""
 
 
 def check_architecture(cfg, checkpoint: Path) -> None:
@@ -197,12 +203,6 @@ def check_architecture(cfg, checkpoint: Path) -> None:
         if name in settings and name in current and settings[name] != current[name]:
             raise ValueError(f"{flag_name(name)} {current[name]!r} differs from the checkpoint's {settings[name]!r} "
                              f"({checkpoint}); a resumed run keeps it (start a new --output-dir to change it)")
-
-
-SWITCHABLE_ON_INIT = ("occlusion_aware", "occlusion_margin", "view_weight_timescale")
-"""Config entries that ``--init-from`` takes from the settings rather than the folder: they change how the
-weights are used (the LatentSparseNeuS occlusion test and view weights), not which weights there are,
-and switching them is what such a run is for."""
 
 
 def load_weights_to_continue(folder: str, subfolder: str, expected):
