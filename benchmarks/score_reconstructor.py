@@ -17,7 +17,8 @@ here). Each object is rendered at the pipeline's default cameras (8 views, eleva
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
-Meshes: marching cubes of the SDF's zero level (``--mesh-level``) at 64^3 (``--mesh-resolution``),
+Meshes: marching cubes of the SDF's level set at the reconstructor's ``mesh_level`` (0 unless saved
+otherwise; ``--mesh-levels``: other levels, a row each) at 64^3 (``--mesh-resolution``),
 carved to the input views' silhouettes as the pipeline carves them (``--carve-contours``: the mask
 values the carved surface follows, a table row each; ``--no-mesh-carving``: the SDF as it is), volume
 IoU at 32^3 in [-1, 1]^3, Chamfer-L1 on 10000 surface points (the evaluation's settings). A
@@ -65,10 +66,11 @@ def silhouettes(views: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_scores(model: LatentSparseNeuS, views: torch.Tensor, cameras, target_mesh,
-                          cfg: EvaluationConfig, level: float = 0.0,
+                          cfg: EvaluationConfig, level: Optional[float] = None,
                           carve_contour: Optional[float] = CARVE_CONTOUR) -> Dict[str, float]:
-    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set, carved to the
-    ``carve_contour`` of the views' silhouettes unless it is ``None``) and score it against ``target_mesh``."""
+    """Mesh ``views [V, 3, H, W]`` in ``[0, 1]`` with ``model`` (the SDF's ``level`` set, the model's own by
+    default, carved to the ``carve_contour`` of the views' silhouettes unless it is ``None``) and score it
+    against ``target_mesh``."""
     context = model.encode(views[None] * 2 - 1, 0, cameras[None])
     masks = None if carve_contour is None else silhouettes(views)
     try:
@@ -164,7 +166,9 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32, help="view size in pixels (default 32)")
     parser.add_argument("--mesh-resolution", type=int, default=None,
                         help="marching-cubes grid side (default: the evaluation's, 64)")
-    parser.add_argument("--mesh-level", type=float, default=0.0, help="SDF value meshed (default 0)")
+    parser.add_argument("--mesh-levels", type=float, nargs="+", default=[None],
+                        help="SDF values meshed, a row each (default: each reconstructor's own mesh_level, 0 unless "
+                             "saved otherwise)")
     parser.add_argument("--mesh-carving", action=argparse.BooleanOptionalAction, default=True,
                         help="carve the SDF to the input views' silhouettes, as the pipeline does (default: yes)")
     parser.add_argument("--carve-contours", type=float, nargs="+", default=[CARVE_CONTOUR],
@@ -255,9 +259,10 @@ def main() -> None:
 
     rows: List[str] = []
     contours = args.carve_contours if args.mesh_carving else [None]
-    scorers = {name: (lambda views, obj, contour, model=model:
-                      reconstruction_scores(model, views, cameras, obj.mesh, cfg, args.mesh_level, contour))
-               for name, model in models.items()}
+    scorers = {name if level is None else f"{name} at level {level:g}":
+               (lambda views, obj, contour, model=model, level=level:
+                reconstruction_scores(model, views, cameras, obj.mesh, cfg, level, contour))
+               for name, model in models.items() for level in args.mesh_levels}
     if args.visual_hull:
         scorers["visual hull (no reconstructor)"] = lambda views, obj, contour: visual_hull_scores(
             views, cameras, obj.mesh, cfg, contour)
@@ -271,7 +276,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     print(f"\n{args.objects} tuning objects ({picked[0][0]} to {picked[-1][0]}, none equal to the first "
           f"{args.seen_objects3d} objects3d objects), 8 views at {size} px, "
-          f"meshes at {cfg.mesh_resolution}^3, SDF level {args.mesh_level}, "
+          f"meshes at {cfg.mesh_resolution}^3, SDF level "
+          f"{' / '.join('the saved one' if v is None else f'{v:g}' for v in args.mesh_levels)}, "
           f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
     print("| reconstructor | input views | carve contour | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -51,20 +51,21 @@ def mesh_from_neus(
     context: NeuSContext,
     resolution: int = 64,
     object_index: int = 0,
-    level: float = 0.0,
+    level: Optional[float] = None,
     masks: Optional[torch.Tensor] = None,
     cameras: Optional[Cameras] = None,
     carve_contour: float = CARVE_CONTOUR,
 ) -> trimesh.Trimesh:
-    """Marching cubes on a level set of one object's SDF, the zero one by default (world coordinates,
-    outward faces), carved to the views' silhouettes when ``masks`` are given.
+    """Marching cubes on a level set of one object's SDF, the model's ``mesh_level`` by default (world
+    coordinates, outward faces), carved to the views' silhouettes when ``masks`` are given.
 
     Args:
         neus: the pipeline's ``neus`` or ``reconstructor``.
         context: from ``neus.encode(views [B, V, C, H, W], t, cameras)`` of the final views.
         resolution: grid side R; the SDF MLP runs on R^3 points (the cost: ~8x a doubling).
         object_index: which of the context's B objects to mesh.
-        level: the SDF value meshed (0: the surface the NeuS renders; below 0 shrinks it).
+        level: the SDF value meshed (0: the surface the NeuS renders; below 0 shrinks it); ``None``:
+            ``neus.config.mesh_level`` (0 unless the model was saved with another).
         masks: ``[V, H, W]`` foreground masks (bool, or floats in [0, 1]) of this object's views, for
             :func:`carve_to_silhouettes`; ``None`` meshes the SDF as it is.
         cameras: the masks' cameras, batch shape ``[V]`` (default: the context's, when their size
@@ -85,7 +86,7 @@ def mesh_from_neus(
         if cameras is None:
             cameras = context.cameras[object_index]  # [V]
         sdf = carve_to_silhouettes(sdf, neus.config.bound_radius, masks, cameras, contour=carve_contour)
-    return mesh_from_sdf_grid(sdf, neus.config.bound_radius, level)
+    return mesh_from_sdf_grid(sdf, neus.config.bound_radius, neus.config.mesh_level if level is None else level)
 
 
 def mesh_from_sdf_grid(sdf: torch.Tensor, bound: float, level: float = 0.0) -> trimesh.Trimesh:

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--neus-render-resolution", type=int, default=None,
                         help="side of the NeuS render that conditions the branch, 0 = the diffusion-space resolution; "
                              "default: the branch's (16 for a fresh branch)")
+    parser.add_argument("--reconstructor-mesh-level", type=float, default=None,
+                        help="the SDF level the reconstructor's meshes take as the surface (saved in its config as "
+                             "mesh_level); default: the reconstructor's own (0 unless saved otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="seeds a fresh branch (as diffusers-mv3d train --seed)")
     parser.add_argument("--variant", default=None, help='weights variant of the base to load, e.g. "fp16"')
     parser.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", default=None, metavar="REPO",
@@ -82,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.base, branch=args.branch, reconstructor=args.reconstructor, out=args.out, controlnet=args.controlnet,
             consistency_ratio=args.consistency_ratio, consistency_scale=args.consistency_scale, eta=args.eta,
             guidance_scale=args.guidance_scale,
-            neus_render_resolution=args.neus_render_resolution, seed=args.seed, variant=args.variant,
+            neus_render_resolution=args.neus_render_resolution, reconstructor_mesh_level=args.reconstructor_mesh_level,
+            seed=args.seed, variant=args.variant,
             push_to_hub=args.push_to_hub, private=args.private, overwrite=args.overwrite, command=command,
             trained_on=args.trained_on, captioner=args.captioner,
         )

@@ -189,7 +189,8 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
 
     command = [sys.executable, str(ASSEMBLE), "--base", str(if_base), "--branch", str(branch), "--reconstructor",
                str(tmp_path / "recon"), "--out", str(out), "--consistency-ratio", "0.25", "--consistency-scale", "2.0",
-               "--neus-render-resolution", "8", "--guidance-scale", "1", "--captioner", str(tmp_path / "captioner")]
+               "--neus-render-resolution", "8", "--guidance-scale", "1", "--captioner", str(tmp_path / "captioner"),
+               "--reconstructor-mesh-level", "0.02"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -198,6 +199,7 @@ def test_assemble_script_with_trained_branch_and_reconstructor(if_base, tmp_path
     loaded = TuneMV3DPipeline.from_pretrained(out)
     assert_state_equal(loaded.controlnet, holder.controlnet)
     assert_state_equal(loaded.reconstructor, reconstructor)
+    assert loaded.reconstructor.config.mesh_level == 0.02 and reconstructor.config.mesh_level == 0.0
     assert_state_equal(loaded.captioner, captioner) and loaded.captioner.config.captions == ["a tall red lamp", "a blue mug"]
     assert loaded.scheduler.config.consistency_ratio == 0.25 and loaded.scheduler.config.consistency_scale == 2.0
     assert loaded.scheduler.config.guidance_scale == 1.0
@@ -222,6 +224,8 @@ def test_branch_for_another_unet_is_refused_naming_both_flags(sd_base, if_base, 
     tiny_neus(4).save_pretrained(tmp_path / "latent-neus")  # a reconstructor reads RGB pixels
     with pytest.raises(ValueError, match=r"--reconstructor .*in_channels=4"):
         assemble_pipeline(if_base, reconstructor=tmp_path / "latent-neus")
+    with pytest.raises(ValueError, match=r"--reconstructor-mesh-level .*neither --branch nor --reconstructor"):
+        assemble_pipeline(if_base, reconstructor_mesh_level=0.02)
     (tmp_path / "half").mkdir()
     with pytest.raises(ValueError, match=r"--branch .*missing controlnet/, neus/"):
         assemble_pipeline(if_base, branch=tmp_path / "half")
@@ -329,7 +333,8 @@ def test_recorded_command_parses_back_to_the_same_arguments():
 
     command = assemble_command("owner/base", "out dir", branch="runs/b/model", reconstructor="runs/r/model",
                                consistency_ratio=0.25, consistency_scale=2.0, neus_render_resolution=0, seed=3,
-                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5, captioner="runs/c")
+                               push_to_hub="me/repo", overwrite=True, eta=1.0, guidance_scale=1.5, captioner="runs/c",
+                               reconstructor_mesh_level=0.02)
     words = shlex.split(command)
     assert words[:2] == ["python", "scripts/assemble_pipeline.py"]
     args = load_script(ASSEMBLE).build_parser().parse_args(words[2:])
@@ -337,7 +342,7 @@ def test_recorded_command_parses_back_to_the_same_arguments():
         ("owner/base", "out dir", "runs/b/model", "runs/r/model", None)
     assert (args.consistency_ratio, args.consistency_scale, args.neus_render_resolution, args.seed) == (0.25, 2.0, 0, 3)
     assert args.push_to_hub == "me/repo" and args.overwrite and not args.private and args.eta == 1.0
-    assert args.guidance_scale == 1.5 and args.captioner == "runs/c"
+    assert args.guidance_scale == 1.5 and args.captioner == "runs/c" and args.reconstructor_mesh_level == 0.02
 
 
 # ---------------------------------------------------------------------------- ControlNet conversion

@@ -68,6 +68,39 @@ def test_multiview_item_shapes_values_and_cameras(rendered):
     assert torch.equal(torch.from_numpy(again.rgba[..., 3] >= 0.5).float(), item["supervision_masks"][:, 0])
 
 
+def test_occupancy_samples_are_inside_exactly_where_the_mesh_is():
+    from diffusers_mv3d.data.dataset import occupancy_samples
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    points, inside = occupancy_samples(sphere, 400, seed=3)
+    assert points.shape == (400, 3) and inside.shape == (400,) and points.dtype == inside.dtype == torch.float32
+    radius = points.norm(dim=-1)
+    clear = (radius - 0.5).abs() > 0.01  # the facets lie up to ~0.002 inside the true sphere
+    assert torch.equal(inside[clear], (radius[clear] < 0.5).float())
+    assert (radius[200:] - 0.5).abs().max() < 0.15 and (radius[:200] - 0.5).abs().mean() > 0.2  # near / uniform halves
+    again, _ = occupancy_samples(sphere, 400, seed=3)
+    assert torch.equal(points, again)
+
+
+def test_items_carry_occupancy_from_the_objects_mesh(rendered, multiview_copy):
+    dataset = MultiViewDataset(rendered[0], num_input_views=4, num_supervision_views=2, occupancy_points=64)
+    item = dataset[1]
+    assert item["occupancy_points"].shape == (64, 3) and 0 < item["occupancy"].mean() < 1
+    assert torch.equal(dataset[1]["occupancy_points"], item["occupancy_points"])  # the same points every time
+    mesh = trimesh.load(os.path.join(rendered[0], item["object_id"], "mesh.glb"), force="mesh")
+    mesh.vertices = mesh.vertices @ UP_AXIS_ROTATIONS["+y"].T  # back to the world's +z up, where the cameras are
+    points = item["occupancy_points"].double().numpy()
+    inside = np.any([part.contains(points) for part in mesh.split(only_watertight=False)], axis=0)
+    assert np.array_equal(item["occupancy"].numpy(), inside.astype(np.float32))
+    batch = collate_multiview([item, dataset[0]])
+    assert batch["occupancy_points"].shape == (2, 64, 3) and batch["occupancy"].shape == (2, 64)
+    os.remove(os.path.join(multiview_copy, sorted(os.listdir(multiview_copy))[0], "mesh.glb"))
+    with pytest.raises(ObjectFolderError, match="has no mesh.glb, which occupancy_points needs"):
+        MultiViewDataset(multiview_copy, num_input_views=4, num_supervision_views=2, occupancy_points=64)
+    with pytest.raises(ValueError, match="occupancy_points must be >= 0"):
+        MultiViewDataset(rendered[0], occupancy_points=-1)
+
+
 def test_fewer_input_views_and_resizing(rendered):
     dataset = MultiViewDataset(rendered[0], num_input_views=2, num_supervision_views=1, resolution=8)
     item = dataset[1]

@@ -76,6 +76,11 @@ def test_mesh_from_neus_meshes_the_level_it_is_given():
     np.testing.assert_allclose(np.linalg.norm(smaller.vertices, axis=-1), 0.3, atol=0.02)
     with pytest.raises(ValueError, match="does not cross 2.0"):  # beyond the SDF's range in the bounds
         mesh_from_neus(neus, context, resolution=16, level=2.0)
+    neus.register_to_config(mesh_level=-0.2)  # a saved level is the default one
+    np.testing.assert_allclose(np.linalg.norm(mesh_from_neus(neus, context, resolution=48).vertices, axis=-1), 0.3,
+                               atol=0.02)
+    assert np.allclose(np.linalg.norm(mesh_from_neus(neus, context, resolution=48, level=0.0).vertices, axis=-1), 0.5,
+                       atol=0.02)
 
 
 def test_mesh_from_neus_rejects_a_bad_object_index():

@@ -133,6 +133,42 @@ def test_the_step_trains_colours_masks_and_the_eikonal_term(objects_dir):
     assert again.item() == loss.item()
 
 
+
+@pytest.fixture(scope="module")
+def objects_with_meshes(tmp_path_factory) -> Path:
+    return render_objects(tmp_path_factory.mktemp("reconstructor") / "meshed", num_objects=2, save_mesh=True)
+
+
+def test_the_occupancy_term_reads_inside_as_negative_sdf(objects_dir, objects_with_meshes):
+    """3D supervision: the BCE of sigmoid(-50 sdf) against the mesh's insideness, at the dataset's points."""
+    from diffusers_mv3d.data.dataset import collate_multiview
+    from diffusers_mv3d.training.runner import load_multiview_dataset
+    from diffusers_mv3d.training.train_reconstructor import OCCUPANCY_SHARPNESS
+
+    cfg = ReconstructorTrainConfig(**tiny_settings(objects_with_meshes, objects_dir.parent / "unused",
+                                                   occupancy_weight=1.0, occupancy_points=32))
+    dataset = load_multiview_dataset(cfg)
+    batch = collate_multiview([dataset[0], dataset[1]])
+    assert batch["occupancy"].shape == (2, 32)
+    neus = build_reconstructor(cfg)  # its SDF starts as the sphere |x| - 0.5
+    points = batch["occupancy_points"]
+    sphere = (points.norm(dim=-1) < 0.5).float()
+
+    def occupancy_loss(labels):
+        _, parts = reconstruction_losses(ReconstructorStep(neus).train(), dict(batch, occupancy=labels), cfg,
+                                         torch.Generator().manual_seed(0), torch.device("cpu"))
+        return parts["loss_occupancy"]
+
+    with torch.no_grad():
+        context = neus.encode(batch["images"], 0, batch["cameras"])
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(
+            -OCCUPANCY_SHARPNESS * neus.sdf(points, context), batch["occupancy"])
+    assert occupancy_loss(batch["occupancy"]) == pytest.approx(expected.item(), rel=1e-5)
+    assert occupancy_loss(sphere) < 0.5 * occupancy_loss(1 - sphere)  # inside the sphere is inside
+    plain = ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "unused"))
+    assert "occupancy" not in load_multiview_dataset(plain)[0]  # off by default: no meshes read
+
+
 def test_three_steps_write_checkpoints_samples_and_a_loadable_reconstructor(straight_run, objects_dir):
     from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 

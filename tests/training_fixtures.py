@@ -9,12 +9,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def render_objects(out: Path, num_objects: int = 4, resolution: int = 16) -> Path:
-    """``num_objects`` procedurally rendered objects (objects3d split, no meshes) in ``out``."""
+def render_objects(out: Path, num_objects: int = 4, resolution: int = 16, save_mesh: bool = False) -> Path:
+    """``num_objects`` procedurally rendered objects (objects3d split; with ``mesh.glb`` if ``save_mesh``) in ``out``."""
     from diffusers_mv3d.data.render_dataset import RenderConfig, render
 
     render(RenderConfig(out=str(out), split="objects3d", num_objects=num_objects, resolution=resolution, workers=1,
-                        save_mesh=False))
+                        save_mesh=save_mesh))
     return out
 
 

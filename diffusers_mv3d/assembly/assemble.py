@@ -47,6 +47,7 @@ def assemble_pipeline(
     eta: float = 0.0,
     guidance_scale: float = 3.0,
     neus_render_resolution: Optional[int] = None,
+    reconstructor_mesh_level: Optional[float] = None,
     seed: int = 0,
     variant: Optional[str] = None,
     push_to_hub: Optional[str] = None,
@@ -78,6 +79,9 @@ def assemble_pipeline(
             guidance, like foundation v2, samples best at 1).
         neus_render_resolution: side of the NeuS render that conditions the branch (0 = the
             diffusion-space resolution); ``None`` keeps the branch's (16 for a fresh one).
+        reconstructor_mesh_level: the SDF level the reconstructor's meshes take as the surface
+            (``LatentSparseNeuS.mesh_level``, saved in its config); ``None`` keeps its own (0 unless
+            saved otherwise). Needs a reconstructor.
         seed: seeds a fresh branch (the trainer's ``--seed``).
         variant: weights variant of the base (``"fp16"``) to download.
         push_to_hub: a Hub repository id: the saved folder is uploaded to it.
@@ -120,6 +124,11 @@ def assemble_pipeline(
                                    "--base", base)
     if reconstructor is not None:
         reconstructor_model = load_reconstructor(reconstructor)
+    if reconstructor_mesh_level is not None:
+        if reconstructor_model is None:
+            raise ValueError("--reconstructor-mesh-level sets the reconstructor's mesh level, but neither --branch nor "
+                             "--reconstructor gives a reconstructor")
+        reconstructor_model.register_to_config(mesh_level=float(reconstructor_mesh_level))
     captioner_model = None if captioner is None else load_captioner(captioner)
     if neus_render_resolution is not None:
         neus.register_to_config(render_resolution=int(neus_render_resolution) or None)
@@ -140,7 +149,7 @@ def assemble_pipeline(
         command = command or assemble_command(
             base, None if out is None else str(out), branch, controlnet_path, reconstructor, consistency_ratio,
             consistency_scale, neus_render_resolution, seed, variant, push_to_hub, private, overwrite, eta,
-            guidance_scale, captioner,
+            guidance_scale, captioner, reconstructor_mesh_level,
         )
         card = model_card_text(pipe, base, command, branch=branch, controlnet=controlnet_path,
                                reconstructor=reconstructor, captioner=captioner, base_scheduler_class=parts.scheduler_class,

@@ -20,7 +20,7 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
                      seed: int = 0, variant: Optional[str] = None, push_to_hub: Optional[str] = None,
                      private: bool = False, overwrite: bool = False, eta: float = 0.0,
                      guidance_scale: float = 3.0, captioner: Optional[str] = None,
-                     program: str = ASSEMBLE_SCRIPT) -> str:
+                     reconstructor_mesh_level: Optional[float] = None, program: str = ASSEMBLE_SCRIPT) -> str:
     """The ``assemble_pipeline.py`` command line that makes the same folder."""
     words = shlex.split(program) + ["--base", str(base)]
     for flag, value in (("--branch", branch), ("--controlnet", controlnet), ("--reconstructor", reconstructor),
@@ -36,6 +36,8 @@ def assemble_command(base: str, out: Optional[str], branch: Optional[str] = None
         words += ["--guidance-scale", repr(float(guidance_scale))]
     if neus_render_resolution is not None:
         words += ["--neus-render-resolution", str(int(neus_render_resolution))]
+    if reconstructor_mesh_level is not None:
+        words += ["--reconstructor-mesh-level", repr(float(reconstructor_mesh_level))]
     if seed != 0:
         words += ["--seed", str(seed)]
     if variant:

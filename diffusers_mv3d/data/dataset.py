@@ -8,16 +8,20 @@ renders); ``ImageTextDataset`` serves the 2D foundation data (an imagefolder wit
 import json
 import os
 import warnings
+import zlib
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trimesh
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..cameras import Cameras
-from .format import ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras, view_name
+from .format import MESH_FILE, ZERO123_FOV, ObjectFolder, ObjectFolderError, open_object, read_rgba, read_zero123_cameras, view_name
+from .render import load_mesh
+from .shapes import inside_mesh
 
 
 def rgba_to_tensors(rgba: np.ndarray, resolution: Optional[int] = None):
@@ -32,6 +36,22 @@ def rgba_to_tensors(rgba: np.ndarray, resolution: Optional[int] = None):
         rgb = F.interpolate(rgb, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
         alpha = F.interpolate(alpha, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     return (rgb.clamp(0, 1) * 2 - 1).contiguous(), (alpha >= 0.5).float()
+
+
+def occupancy_samples(mesh, count: int, seed: int, surface_noise: float = 0.02):
+    """``count`` points ``[P, 3]`` and whether ``mesh`` holds them (``[P]`` 1 inside, 0 outside), float32.
+
+    Half are uniform in the object cube ``[-1, 1]^3`` (the empty space and the bulk of the parts), half
+    near the surface (surface samples moved by Gaussian noise of ``surface_noise`` a coordinate: where
+    inside and outside are decided). Insideness is :func:`~.shapes.inside_mesh`'s; the draws come from
+    ``seed`` alone.
+    """
+    rng = np.random.default_rng(seed)
+    uniform = rng.uniform(-1.0, 1.0, size=(count - count // 2, 3))
+    surface, _ = trimesh.sample.sample_surface(mesh, count // 2, seed=rng)
+    near = np.asarray(surface) + rng.normal(0.0, surface_noise, size=(count // 2, 3))
+    points = np.concatenate([uniform, near]).astype(np.float32)
+    return torch.from_numpy(points), torch.from_numpy(inside_mesh(mesh, points).astype(np.float32))
 
 
 def _evenly_spaced(count: int, total: int) -> List[int]:
@@ -81,6 +101,9 @@ class MultiViewDataset(_SkippingDataset):
             warning naming the file.
         zero123_fov: vertical field of view in degrees of zero123 renders (their npy holds no
             intrinsics; zero123's Objaverse renders use 49.1 degrees).
+        occupancy_points: with a positive count, each item also carries that many 3D points and
+            whether the object's ``mesh.glb`` holds them (:func:`occupancy_samples`, the same points for
+            an object every time), for 3D supervision; every object folder must then hold a mesh.
         generated_views_dir: a folder of generated versions of the input views,
             ``generated_views_dir/<object id>/NNN.png`` (RGB, ``NNN`` the view's index in the object
             folder; ``scripts/generate_reconstructor_inputs.py`` writes them); only the objects it
@@ -90,7 +113,8 @@ class MultiViewDataset(_SkippingDataset):
     ``[V_in, 1, H, W]`` 0/1, ``cameras`` Cameras ``[V_in]`` (for ``H x W``), ``supervision_images``
     ``[V_sup, 3, H, W]``, ``supervision_masks`` ``[V_sup, 1, H, W]``, ``supervision_cameras`` Cameras
     ``[V_sup]``, ``caption`` str, ``object_id`` str (the folder name); with ``generated_views_dir``
-    also ``generated_images`` ``[V_in, 3, H, W]`` in [-1, 1].
+    also ``generated_images`` ``[V_in, 3, H, W]`` in [-1, 1]; with ``occupancy_points`` also
+    ``occupancy_points`` ``[P, 3]`` (world) and ``occupancy`` ``[P]`` (1 inside the object, 0 outside).
     """
 
     entry_kind = "object"
@@ -108,6 +132,7 @@ class MultiViewDataset(_SkippingDataset):
         skip_invalid: bool = False,
         zero123_fov: float = ZERO123_FOV,
         generated_views_dir: Optional[str] = None,
+        occupancy_points: int = 0,
     ):
         if num_input_views < 1:
             raise ValueError(f"num_input_views must be >= 1, got {num_input_views}")
@@ -115,10 +140,13 @@ class MultiViewDataset(_SkippingDataset):
             raise ValueError(f"num_supervision_views must be >= 0, got {num_supervision_views}")
         if resolution is not None and resolution < 1:
             raise ValueError(f"resolution must be positive or None, got {resolution}")
+        if occupancy_points < 0:
+            raise ValueError(f"occupancy_points must be >= 0, got {occupancy_points}")
         if not os.path.isdir(root):
             raise FileNotFoundError(f"root is not a folder: {root}")
         self.root, self.resolution, self.skip_invalid = root, resolution, skip_invalid
         self.num_input_views, self.num_supervision_views, self.zero123_fov = num_input_views, num_supervision_views, zero123_fov
+        self.occupancy_points = occupancy_points
         self.objects: List[ObjectFolder] = []
         for name in sorted(os.listdir(root)):
             path = os.path.join(root, name)
@@ -127,6 +155,8 @@ class MultiViewDataset(_SkippingDataset):
             try:
                 folder = open_object(path)
                 self._view_indices(folder)
+                if occupancy_points and not os.path.isfile(os.path.join(path, MESH_FILE)):
+                    raise ObjectFolderError(path, f"has no {MESH_FILE}, which occupancy_points needs")
             except ObjectFolderError as error:
                 self._skip_or_raise(error)
                 continue
@@ -202,7 +232,18 @@ class MultiViewDataset(_SkippingDataset):
         }
         if self.generated_views_dir is not None:
             item["generated_images"] = self._read_generated(folder, inputs, size)
+        if self.occupancy_points:
+            item["occupancy_points"], item["occupancy"] = self._occupancy(folder)
         return item
+
+    def _occupancy(self, folder: ObjectFolder):
+        """:func:`occupancy_samples` of the folder's mesh, drawn from a seed its name gives."""
+        path = os.path.join(folder.path, MESH_FILE)
+        try:
+            mesh = load_mesh(path)
+        except ValueError as error:
+            raise ObjectFolderError(path, f"cannot read the mesh ({error})") from error
+        return occupancy_samples(mesh, self.occupancy_points, zlib.crc32(os.path.basename(folder.path).encode()))
 
 
 def collate_multiview(items: Sequence[Dict]) -> Dict:
@@ -211,7 +252,8 @@ def collate_multiview(items: Sequence[Dict]) -> Dict:
     if not items:
         raise ValueError("items must not be empty")
     batch = {}
-    for key in ("images", "masks", "supervision_images", "supervision_masks", "generated_images"):
+    for key in ("images", "masks", "supervision_images", "supervision_masks", "generated_images", "occupancy_points",
+                "occupancy"):
         if key in items[0]:
             batch[key] = torch.stack([item[key] for item in items])
     for key in ("cameras", "supervision_cameras"):

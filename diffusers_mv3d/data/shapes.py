@@ -5,7 +5,8 @@ scaling and moving a cached unit primitive (building a ``trimesh.Trimesh`` per p
 times more, and the 2D foundation data needs tens of thousands of objects). Lengths are in the
 object's own units (about a metre for furniture); :func:`assemble` stacks the parts into one
 face-coloured ``trimesh.Trimesh`` (no boolean union: overlapping parts render correctly with ray
-casting) and normalises it with :func:`normalise`.
+casting) and normalises it with :func:`normalise`; :func:`inside_mesh` tells which points such a union
+holds.
 """
 
 from dataclasses import dataclass
@@ -149,3 +150,22 @@ def assemble(parts: Sequence[Part]) -> trimesh.Trimesh:
     faces = np.concatenate([p.faces + offset for p, offset in zip(parts, offsets)])
     colours = np.concatenate([np.tile(rgba(p.colour), (len(p.faces), 1)) for p in parts])
     return normalise(trimesh.Trimesh(vertices, faces, face_colors=colours, process=False))
+
+
+def inside_mesh(mesh, points: np.ndarray) -> np.ndarray:
+    """Which of ``points [N, 3]`` lie inside ``mesh`` (``[N]`` bool; all False for ``None`` or an empty mesh).
+
+    A point is inside when it is inside some connected component (``trimesh``'s ray-parity
+    ``contains``, component by component: procedural objects are unions of overlapping closed parts,
+    where parity over the whole mesh would call the overlaps outside). Only points in a component's
+    bounding box are tested.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    inside = np.zeros(len(points), dtype=bool)
+    if mesh is not None and len(mesh.faces):
+        for part in mesh.split(only_watertight=False):
+            low, high = part.bounds
+            in_box = np.all((points >= low) & (points <= high), axis=1)
+            if in_box.any():
+                inside[in_box] |= part.contains(points[in_box])
+    return inside

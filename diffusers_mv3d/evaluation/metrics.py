@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras
+from ..data.shapes import inside_mesh
 from .consistency import (
     foreground_masks,
     photo_consistency,
@@ -60,22 +61,10 @@ def chamfer_l1(mesh_a, mesh_b, num_points: int = 10000, seed: int = 0) -> float:
 
 
 def voxelize_mesh(mesh, resolution: int = 32) -> np.ndarray:
-    """Occupancy ``[R, R, R]`` bool (indexed x, y, z) of the voxel centres of ``[-1, 1]^3`` inside ``mesh``.
-
-    The centres follow :func:`~.consistency.voxel_centers`. A centre is inside when it is inside
-    some connected component (``trimesh``'s ray-parity ``contains``, component by component:
-    procedural objects are unions of overlapping closed parts, where parity over the whole mesh
-    would call the overlaps outside). Only centres in a component's bounding box are tested.
-    """
-    centers = voxel_centers(resolution).reshape(-1, 3).numpy().astype(np.float64)
-    inside = np.zeros(len(centers), dtype=bool)
-    if mesh is not None and len(mesh.faces):
-        for part in mesh.split(only_watertight=False):
-            low, high = part.bounds
-            in_box = np.all((centers >= low) & (centers <= high), axis=1)
-            if in_box.any():
-                inside[in_box] |= part.contains(centers[in_box])
-    return inside.reshape(resolution, resolution, resolution)
+    """Occupancy ``[R, R, R]`` bool (indexed x, y, z) of the voxel centres of ``[-1, 1]^3`` inside ``mesh``
+    (:func:`inside_mesh`). The centres follow :func:`~.consistency.voxel_centers`."""
+    centers = voxel_centers(resolution).reshape(-1, 3).numpy()
+    return inside_mesh(mesh, centers).reshape(resolution, resolution, resolution)
 
 
 def volume_iou(mesh_a, mesh_b, resolution: int = 32) -> float:

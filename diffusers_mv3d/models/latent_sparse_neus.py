@@ -280,6 +280,11 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         view_weight_timescale (`float`, defaults to 0.0): weight each view in the feature average by
             ``exp(-t_i / timescale)`` of its timestep, so that clean reference views (t = 0) are not
             drowned by views that are still noise; 0 weighs all views equally (eq. 2).
+        mesh_level (`float`, defaults to 0.0): the SDF value :func:`~diffusers_mv3d.mesh.mesh_from_neus`
+            meshes unless told otherwise. 0 is the surface the NeuS renders; a reconstructor trained
+            with the occupancy term (``train-reconstructor --occupancy-weight``) keeps its zero level a
+            little inside the thin parts it is unsure of, and its meshes follow the objects best a
+            little above it (docs/training.md).
     """
 
     @register_to_config
@@ -305,6 +310,7 @@ class LatentSparseNeuS(ModelMixin, ConfigMixin):
         occlusion_aware: bool = False,
         occlusion_margin: float = 0.1,
         view_weight_timescale: float = 0.0,
+        mesh_level: float = 0.0,
     ):
         super().__init__()
         if num_coarse_samples < 2:

@@ -135,14 +135,16 @@ def run_paths(cfg) -> Tuple[Path, Path, Path]:
 
 
 def load_multiview_dataset(cfg):
-    """The :class:`MultiViewDataset` of ``--data-dir`` (input + supervision views at ``--resolution``)."""
+    """The :class:`MultiViewDataset` of ``--data-dir`` (input + supervision views at ``--resolution``; with
+    ``--occupancy-weight``, the occupancy points of each object's mesh too)."""
     from ..data.dataset import MultiViewDataset
 
     if not os.path.isdir(cfg.data_dir):
         raise ValueError(f"{flag_name('data_dir')}: no folder {cfg.data_dir!r} (write one with "
                          "`diffusers-mv3d render --split objects3d --out DIR`)")
     return MultiViewDataset(cfg.data_dir, cfg.num_input_views, cfg.num_supervision_views, resolution=cfg.resolution,
-                            generated_views_dir=getattr(cfg, "generated_views_dir", None))
+                            generated_views_dir=getattr(cfg, "generated_views_dir", None),
+                            occupancy_points=getattr(cfg, "occupancy_points", 0) if getattr(cfg, "occupancy_weight", 0) else 0)
 
 
 def start_multiview_run(cfg) -> Tuple[object, Path, object, Optional[Path]]:

@@ -5,9 +5,11 @@ encodes the 8 input views of an object once and renders random rays (``--rays-pe
 the same in every view) of all 16 views, supervised by the rendered colours (MSE), the masks (BCE on
 the opacity, ``--mask-loss-weight``) and the eikonal term ``(|grad sdf| - 1)^2`` at
 ``--eikonal-points`` random points in the object cube (``--eikonal-weight``; a double backward, but
-at 256 points a step it costs ~nothing next to the rays: not the ray-sample normals of CPU-FACTS). At
-generation time it turns the generated views into an SDF, and :func:`~diffusers_mv3d.mesh.mesh_from_neus` into
-the mesh.
+at 256 points a step it costs ~nothing next to the rays: not the ray-sample normals of CPU-FACTS).
+With ``--occupancy-weight`` the SDF is also supervised in 3D, by whether each object's ``mesh.glb``
+holds ``--occupancy-points`` points (BCE of ``sigmoid(-50 sdf)``): what no view shows, such as the
+space under a seat. At generation time it turns the generated views into an SDF, and
+:func:`~diffusers_mv3d.mesh.mesh_from_neus` into the mesh.
 
 Launch::
 
@@ -49,7 +51,12 @@ from .settings import MultiViewRunSettings
 
 __all__ = ["ReconstructorTrainConfig", "ReconstructorStep", "build_reconstructor", "main", "misaligned", "over_background", "reconstruction_losses"]
 
-LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal")
+LOSS_KEYS = ("loss", "loss_reconstruction", "loss_mask", "loss_eikonal", "loss_occupancy")
+
+OCCUPANCY_SHARPNESS = 50.0
+"""The occupancy term's logit of "inside" is ``-50 sdf``: its probability goes from 0.1 to 0.9 within
+about 0.04 of the surface (the noise of the near-surface samples is 0.02; a voxel of the 32^3 IoU
+grid is 0.0625)."""
 
 
 RENAMED_NEUS_SETTINGS = {name[len("neus_"):]: name for name in NEUS_SETTINGS}
@@ -84,6 +91,10 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     """Weight of the eikonal term (|grad sdf| - 1)^2 at random points in the object cube (keeps the SDF a distance for meshing); 0 skips it."""
     eikonal_points: int = 256
     """Random points an object for the eikonal term."""
+    occupancy_weight: float = 0.0
+    """Weight of the 3D supervision: the BCE between sigmoid(-50 sdf) and whether the object's mesh.glb holds the point, at occupancy_points points an object (half uniform, half near the surface). It teaches what no view shows, such as the empty space under a seat that every view of the orbit sees through the seat. 0 skips it (and needs no meshes)."""
+    occupancy_points: int = 512
+    """Points an object for the occupancy term (the same points for an object every time it is drawn)."""
     neus_init_radius: float = 0.5
     """Radius of the initial SDF sphere."""
     validation_mesh_resolution: int = 48
@@ -101,7 +112,8 @@ class ReconstructorTrainConfig(NeuSSupervisionSettings, NeuSSettings, MultiViewR
     init_from: Optional[str] = None
     """Start a fresh run from the reconstructor/ of this folder (a run's model/ or a TuneMV3D pipeline folder such as pipelines/tunemv3d-tiny) instead of a new one; its config must match these settings; optimizer and schedule start anew. Ignored when resuming."""
 
-    at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1}
+    at_least = {"num_input_views": 1, "rays_per_view": 1, "eikonal_weight": 0, "eikonal_points": 1,
+                "occupancy_weight": 0, "occupancy_points": 2}
 
     def check_settings(self) -> None:
         self.check(0 < self.neus_init_radius < 1, "neus_init_radius", "must be in (0, 1) (inside the unit bounding sphere)")
@@ -125,21 +137,24 @@ def build_reconstructor(cfg: ReconstructorTrainConfig):
 
 class ReconstructorStep(torch.nn.Module):
     """The reconstructor's trained forward as one module (what DDP wraps): encode the clean input views
-    at t = 0, render rays of the query cameras, and the SDF gradients at the eikonal points."""
+    at t = 0, render rays of the query cameras, the SDF gradients at the eikonal points and the SDF at
+    the occupancy points."""
 
     def __init__(self, neus):
         super().__init__()
         self.neus = neus
 
-    def forward(self, views, cameras, query_cameras, pixel_indices, eikonal_points=None):
+    def forward(self, views, cameras, query_cameras, pixel_indices, eikonal_points=None, occupancy_points=None):
         """
         Args:
             views: ``[B, V, 3, H, W]`` clean views in [-1, 1]; cameras ``[B, V]`` at ``H x W``.
             query_cameras: ``[B, Vq]``; pixel_indices: ``[N]`` row-major pixels rendered in each.
             eikonal_points: ``[B, P, 3]`` world points or None.
+            occupancy_points: ``[B, Po, 3]`` world points or None.
 
         Returns:
-            a dict: ``colors [B, Vq, N, 3]``, ``opacity [B, Vq, N]`` and ``sdf_gradients [B, P, 3]``.
+            a dict: ``colors [B, Vq, N, 3]``, ``opacity [B, Vq, N]``, and with their points
+            ``sdf_gradients [B, P, 3]`` and ``occupancy_sdf [B, Po]``.
         """
         context = self.neus.encode(views, 0, cameras)
         rays = self.neus.render(context, query_cameras, pixel_indices)
@@ -148,6 +163,8 @@ class ReconstructorStep(torch.nn.Module):
             points = eikonal_points.requires_grad_(True)
             sdf = self.neus.sdf(points, context)
             (out["sdf_gradients"],) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
+        if occupancy_points is not None:
+            out["occupancy_sdf"] = self.neus.sdf(occupancy_points, context)
         return out
 
 
@@ -198,8 +215,9 @@ def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfi
         chosen = (torch.rand(b, generator=generator) < cfg.generated_view_share).to(device)
         images = torch.where(chosen[:, None, None, None, None], batch["generated_images"].to(device), images)
 
+    occupancy_points = batch["occupancy_points"].to(device) if cfg.occupancy_weight > 0 else None
     out = step_module(images, cameras, query, pixel_indices.to(device),
-                      points.to(device) if cfg.eikonal_weight > 0 else None)
+                      points.to(device) if cfg.eikonal_weight > 0 else None, occupancy_points)
     loss_reconstruction, loss_mask = render_losses(out["colors"], out["opacity"], gather_pixels(targets, pixel_indices.to(device)),
                                                    gather_pixels(masks, pixel_indices.to(device))[..., 0])
     loss = loss_reconstruction + cfg.mask_loss_weight * loss_mask
@@ -208,6 +226,11 @@ def reconstruction_losses(step_module, batch: Dict, cfg: ReconstructorTrainConfi
         loss_eikonal = ((out["sdf_gradients"].norm(dim=-1) - 1.0) ** 2).mean()
         loss = loss + cfg.eikonal_weight * loss_eikonal
         parts["loss_eikonal"] = loss_eikonal.item()
+    if "occupancy_sdf" in out:
+        loss_occupancy = F.binary_cross_entropy_with_logits(-OCCUPANCY_SHARPNESS * out["occupancy_sdf"],
+                                                            batch["occupancy"].to(device))
+        loss = loss + cfg.occupancy_weight * loss_occupancy
+        parts["loss_occupancy"] = loss_occupancy.item()
     return loss, parts
 
 
