@@ -6,6 +6,7 @@ object), a small pixel-space LatentSparseNeuS with 8 + 4 samples a ray, 16 rays 
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,13 @@ def test_init_from_starts_a_fresh_run_from_a_model_folder_and_checks_its_setting
     name = "reconstructor/diffusion_pytorch_model.safetensors"
     before, after = weights(straight / "model" / name), weights(out / "checkpoints" / "checkpoint-000001" / name)
     assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    calibrated = objects_dir.parent / "calibrated"  # a pipeline folder's reconstructor saves its mesh level
+    shutil.copytree(straight / "model", calibrated)
+    config = calibrated / "reconstructor" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "mesh_level": 0.02}))
+    out = objects_dir.parent / "continued-calibrated"
+    main(ReconstructorTrainConfig(**tiny_settings(objects_dir, out, **{**settings, "init_from": str(calibrated)})))
+    assert json.loads((out / "model" / "reconstructor" / "config.json").read_text())["mesh_level"] == 0.02  # kept
     with pytest.raises(ValueError, match="--init-from .*init_radius"):  # a setting that shapes no weight, still checked
         main(ReconstructorTrainConfig(**tiny_settings(objects_dir, objects_dir.parent / "bad", neus_init_radius=0.3,
                                                       **settings)))

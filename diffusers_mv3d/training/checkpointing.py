@@ -183,6 +183,10 @@ SWITCHABLE_ON_INIT = ("occlusion_aware", "occlusion_margin", "view_weight_timesc
 weights are used (the LatentSparseNeuS occlusion test and view weights), not which weights there are,
 and switching them is what such a run is for."""
 
+KEPT_ON_INIT = ("mesh_level",)
+"""Config entries that ``--init-from`` keeps from the folder whatever the settings: they calibrate how the
+folder's weights are meshed (``LatentSparseNeuS.mesh_level``, set at assembly), which no setting gives."""
+
 RESUME_KEEPS = ("seed", "batch_size") + tuple(f"neus_{name}" for name in SWITCHABLE_ON_INIT)
 """Settings a resumed run keeps besides the architecture: the batch stream is a function of (seed, step,
 batch size), and the switchable NeuS options decide what the NeuS computes."""
@@ -209,12 +213,13 @@ def load_weights_to_continue(folder: str, subfolder: str, expected):
     """The ``subfolder`` model of ``--init-from folder`` (a run's ``model/`` or a pipeline folder), checked
     against ``expected``, the fresh model the settings build: every config entry must agree (so a
     setting that fixes no weight shape cannot silently change), except :data:`SWITCHABLE_ON_INIT`, which
-    the model takes from ``expected`` (a note says so); the error names the ones that differ."""
+    the model takes from ``expected`` (a note says so), and :data:`KEPT_ON_INIT`, which it keeps from the
+    folder; the error names the ones that differ."""
     if not (Path(folder) / subfolder / "config.json").is_file():
         raise ValueError(f"{flag_name('init_from')} {folder!r}: no {subfolder}/ model folder in it (expected a "
                          "run's model/ or a pipeline folder holding it)")
     model = type(expected).from_pretrained(Path(folder) / subfolder)
-    differing = sorted(key for key in expected.config if not key.startswith("_")
+    differing = sorted(key for key in expected.config if not key.startswith("_") and key not in KEPT_ON_INIT
                        and _as_json(model.config.get(key)) != _as_json(expected.config[key]))
     switched = {key: expected.config[key] for key in differing if key in SWITCHABLE_ON_INIT}
     if switched:
