@@ -13,7 +13,8 @@ here). Each object is rendered at the pipeline's default cameras (8 views, eleva
   against the renders is printed beside copying the reference, as the evaluation reports it, with
   their silhouettes' IoU and area against the renders' silhouettes, beside the reference's;
   ``--pose-table`` adds which render view each generated view resembles most, as an offset around
-  the orbit: whether the views turn the object or repeat other poses);
+  the orbit: whether the views turn the object or repeat other poses; ``--records`` writes each
+  object's figures, views and meshes, as JSON for ``benchmarks/paired_difference.py``);
 - ``negative control``: the white renders of the *next* object, scored against this one (what an
   unrelated shape of the same world scores).
 
@@ -31,6 +32,7 @@ holds everything: no reconstructor), which says what a reconstructor adds to car
 """
 
 import argparse
+import json
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -44,6 +46,7 @@ from diffusers_mv3d.evaluation.consistency import foreground_masks, mask_iou
 from diffusers_mv3d.evaluation.metrics import image_psnr_ssim, mesh_scores
 from diffusers_mv3d.evaluation.settings import DEFAULT_CLASSIFIER, EvaluationConfig
 from diffusers_mv3d.evaluation.variants import render_object
+from diffusers_mv3d.io_utils import atomic_write_text
 from diffusers_mv3d.mesh import CARVE_CONTOUR, mesh_from_neus, visual_hull_mesh
 from diffusers_mv3d.models.latent_sparse_neus import LatentSparseNeuS
 from diffusers_mv3d.training.train_reconstructor import over_background
@@ -180,6 +183,10 @@ def main() -> None:
     parser.add_argument("--pose-table", action="store_true",
                         help="also print, for each generated view, which render view matches it best (as an "
                              "offset around the orbit): whether the views turn the object or repeat other poses")
+    parser.add_argument("--records", default=None, metavar="JSON",
+                        help="write each object's generated-view figures (photo_psnr, ssim, silhouette_iou) and its "
+                             "mesh's (volume_iou, chamfer_l1: the first reconstructor, level and contour) to this "
+                             "file, for benchmarks/paired_difference.py (needs --pipeline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
@@ -191,6 +198,8 @@ def main() -> None:
         parser.error(f"--objects must be >= 2 (the negative control pairs neighbours), got {args.objects}")
     if args.pose_table and not args.pipeline:
         parser.error("--pose-table scores generated views: it needs --pipeline")
+    if args.records and not args.pipeline:
+        parser.error("--records holds the generated views' figures: it needs --pipeline")
     if args.visual_hull and not args.mesh_carving:
         parser.error("--visual-hull is the carving alone: it needs --mesh-carving")
     if not all(0 < c < 1 for c in args.carve_contours):
@@ -239,9 +248,13 @@ def main() -> None:
         inputs["generated"] = [generated_views(pipe, r["views"], cameras, args.steps, args.seed, caption, **options)
                                for r, caption in zip(renders, captions)]
         pairs = list(zip(inputs["generated"], renders))
-        psnr, ssim = column_means([image_psnr_ssim(g[1:], r["views"][1:]) for g, r in pairs])
+        view_scores = [image_psnr_ssim(g[1:], r["views"][1:]) for g, r in pairs]
+        psnr, ssim = column_means(view_scores)
         copied_psnr, copied_ssim = column_means([image_psnr_ssim(copy_reference(r["views"]), r["views"][1:]) for r in renders])
-        iou, area = column_means([silhouette_agreement(g[1:], r["views"][1:]) for g, r in pairs])
+        outlines = [silhouette_agreement(g[1:], r["views"][1:]) for g, r in pairs]
+        iou, area = column_means(outlines)
+        records = [{"object_index": args.first + i, "object": name, "seed": args.seed, "photo_psnr": p, "ssim": s,
+                    "silhouette_iou": o[0]} for i, ((name, _), (p, s), o) in enumerate(zip(picked, view_scores, outlines))]
         copied_iou, copied_area = column_means([silhouette_agreement(copy_reference(r["views"]), r["views"][1:])
                                                 for r in renders])
         print(f"generated {len(renders)} objects in {time.perf_counter() - start:.0f} s; views 1-7 against the renders: "
@@ -269,6 +282,9 @@ def main() -> None:
     for name, score in scorers.items():
         for source, contour in [(s, c) for s in INPUTS if s in inputs for c in contours]:
             scores = [score(views, obj, contour) for views, obj in zip(inputs[source], objects)]
+            if args.records and source == "generated" and "volume_iou" not in records[0]:
+                for record, s in zip(records, scores):
+                    record.update(volume_iou=s["volume_iou"], chamfer_l1=s["chamfer_l1"])
             mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("volume_iou", "failed")}
             chamfers = [s["chamfer_l1"] for s in scores if s["chamfer_l1"] == s["chamfer_l1"]]
             chamfer = sum(chamfers) / len(chamfers) if chamfers else float("nan")
@@ -281,6 +297,10 @@ def main() -> None:
           f"{'carved to the input silhouettes' if args.mesh_carving else 'not carved'}\n")
     print("| reconstructor | input views | carve contour | volume IoU | Chamfer-L1 | no surface |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if args.records:
+        source = f"{args.pipeline}, meshes by {next(iter(scorers))}"
+        atomic_write_text(args.records, json.dumps({"source": source, "records": records}, indent=1))
+        print(f"\nwrote {args.records}")
 
 
 if __name__ == "__main__":

@@ -357,3 +357,24 @@ def test_compose_views_stacks_image_to_multiview_rows_above_their_renders(tmp_pa
         compose.main(["--views-dir", str(tmp_path), "--image-to-multiview", "--out", str(out)])  # no such views
     with pytest.raises(SystemExit):
         compose.main(["--views-dir", str(tmp_path / "views"), "--out", str(out)])  # neither mode
+
+
+def test_paired_difference_pairs_image_to_multiview_records_by_object(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("paired_difference", REPO / "benchmarks" / "paired_difference.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+
+    def records(photo, chamfer):  # score_reconstructor.py --records: keyed by tuning object, no variant
+        return {"records": [{"object_index": i, "seed": 0, "photo_psnr": p, "ssim": 0.5, "silhouette_iou": 0.6,
+                             "volume_iou": 0.3, "chamfer_l1": c} for i, (p, c) in enumerate(zip(photo, chamfer))]}
+
+    baseline, candidate = tmp_path / "a.json", tmp_path / "b.json"
+    baseline.write_text(json.dumps(records([17.0, 18.0, 16.0], [0.06, 0.07, 0.08])))
+    candidate.write_text(json.dumps(records([17.5, 18.5, 16.5], [0.05, float("nan"), 0.06])))
+    a, b = paired.load_objects(str(baseline), "generated"), paired.load_objects(str(candidate), "generated")
+    assert paired.shared_metrics(a, b) == ["photo_psnr", "ssim", "silhouette_iou", "volume_iou", "chamfer_l1"]
+    assert paired.paired(a, b, "photo_psnr") == pytest.approx((0.5, 0.0, 3))
+    mean, _, count = paired.paired(a, b, "chamfer_l1")  # the object without a surface drops out
+    assert (mean, count) == (pytest.approx(-0.015), 2)
+    with pytest.raises(ValueError, match="share none of the metrics"):
+        paired.shared_metrics(a, {(0, 0): {"loss": 1.0}})
