@@ -378,3 +378,29 @@ def test_paired_difference_pairs_image_to_multiview_records_by_object(tmp_path, 
     assert (mean, count) == (pytest.approx(-0.015), 2)
     with pytest.raises(ValueError, match="share none of the metrics"):
         paired.shared_metrics(a, {(0, 0): {"loss": 1.0}})
+
+
+def test_best_of_n_ranks_each_objects_samples_and_measures_seed_effects():
+    spec = importlib.util.spec_from_file_location("best_of_n", REPO / "benchmarks" / "best_of_n.py")
+    best_of_n = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(best_of_n)
+
+    def record(obj, seed, psnr, vh_iou):
+        return {"object_index": obj, "seed": seed, "photo_psnr": psnr, "ssim": 0.5, "vh_iou": vh_iou,
+                "consistency_photo_psnr": 15.0, "recon_psnr": 20.0}
+
+    # object 0: the more consistent sample is the better one; object 1: the worse; object 2 lacks seed 1
+    records = [record(0, 0, 16.0, 0.8), record(0, 1, 18.0, 0.9), record(1, 0, 17.0, 0.95), record(1, 1, 19.0, 0.85),
+               record(2, 0, 30.0, 0.9)]
+    table = best_of_n.by_object(records, [0, 1])
+    assert sorted(table) == [0, 1]
+    picked = best_of_n.selection(table, "vh_iou")
+    assert picked["chosen"] == pytest.approx((18.0 + 17.0) / 2)
+    assert picked["random"] == pytest.approx((17.0 + 18.0) / 2)
+    assert picked["best"] == pytest.approx((18.0 + 19.0) / 2)
+    assert (picked["gain"], picked["gain_se"]) == (pytest.approx(0.0), pytest.approx(1.0))
+    # seed 1 is 2 dB above seed 0 on every object: a seed effect shared by all objects, with no spread
+    assert best_of_n.seed_effect(table, 1) == pytest.approx((18.5, 2.0, 0.0))
+    lines = best_of_n.report(records, [0, 1])
+    assert lines[0].startswith("2 objects x seeds 0 1")
+    assert "| 1 | 18.50 | 0.500 | +2.00 (0.00) |" in lines
